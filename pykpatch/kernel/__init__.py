@@ -1,0 +1,1 @@
+"""Facts about the kernel that pykpatch depends on, each kept in one place."""

@@ -1,0 +1,359 @@
+"""Debian kernels from Debian's package archive, fetched without installing.
+
+For one kernel release (``6.1.0-56-cloud-amd64``) this module finds the
+matching set of packages, downloads them with ``apt-get download`` into the
+cache, unpacks them with ``dpkg-deb -x`` and prepares a source tree that
+compiles objects byte-identical to the shipped kernel.  Nothing is installed
+on the host: the headers package's absolute include of its ``-common`` half
+is redirected into the cache.
+
+Cache layout (under :func:`pykpatch.cache.cache_dir`)::
+
+    debs/                               the downloaded .deb files
+    kernels/<release>_<version>/
+        image/    boot/vmlinuz-*, boot/config-*, lib/modules/<release>/
+        headers/  usr/src/linux-headers-*, usr/lib/linux-kbuild-*
+        dbg/      vmlinux-<release> (full symbol table and DWARF)
+        tree-<key>/  prepared source tree (key: config + compiler)
+"""
+
+import hashlib
+import logging
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from pykpatch.cache import cache_dir
+from pykpatch.errors import KpatchError
+from pykpatch.process import require_tool, run
+
+log = logging.getLogger("pykpatch")
+
+# The kernel the project demonstrates and tests on, with the Debian version
+# we pin.  When the archive has dropped that version, the newest complete set
+# is used instead and the choice is logged.
+DEFAULT_RELEASE = "6.1.0-56-cloud-amd64"
+PINNED_VERSIONS: Dict[str, str] = {
+    "6.1.0-56-cloud-amd64": "6.1.192-2",
+    "6.1.0-54-cloud-amd64": "6.1.190-1",
+}
+
+_RELEASE_RE = re.compile(r"^(?P<series>\d+\.\d+)\.\d+-(?P<abinum>\d+)-(?P<flavour>[a-z0-9-]+)$")
+
+# Packages whose version must be exactly the kernel's.  linux-kbuild-<series>
+# holds host tools (modpost, fixdep) shared by all ABIs of a series; the
+# archive keeps fewer of its versions, so it may fall back (logged).
+STRICT_ROLES = ("image", "headers", "headers_common", "dbg", "source")
+
+
+@dataclass(frozen=True)
+class DebianRelease:
+    """A Debian kernel release string, split into the parts package names use."""
+
+    release: str
+    series: str
+    abi: str
+    flavour: str
+
+    @classmethod
+    def parse(cls, release: str) -> "DebianRelease":
+        m = _RELEASE_RE.match(release)
+        if not m:
+            raise KpatchError(
+                f"'{release}' is not a Debian kernel release "
+                "(expected something like 6.1.0-56-cloud-amd64)")
+        abi = release[: release.index("-" + m["flavour"])]
+        return cls(release, m["series"], abi, m["flavour"])
+
+    def package_names(self) -> Dict[str, str]:
+        """Debian package name for each role."""
+        return {
+            "image": f"linux-image-{self.release}-unsigned",
+            "headers": f"linux-headers-{self.release}",
+            "headers_common": f"linux-headers-{self.abi}-common",
+            "kbuild": f"linux-kbuild-{self.series}",
+            "source": f"linux-source-{self.series}",
+            "dbg": f"linux-image-{self.release}-dbg",
+        }
+
+
+@dataclass(frozen=True)
+class PackageSet:
+    """The chosen Debian version of each package of one release."""
+
+    release: DebianRelease
+    version: str
+    versions: Dict[str, str]
+
+    def deb_name(self, role: str) -> str:
+        name = self.release.package_names()[role]
+        version = self.versions[role].replace(":", "%3a")
+        arch = "all" if role in ("headers_common", "source") else "amd64"
+        return f"{name}_{version}_{arch}.deb"
+
+
+def available_versions(package: str) -> List[str]:
+    """Versions of *package* the apt lists know, newest first."""
+    proc = run(["apt-cache", "madison", package], check=False)
+    versions = []
+    for line in proc.stdout.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 2 and parts[0] == package and parts[1] not in versions:
+            versions.append(parts[1])
+    return sorted(versions, key=_version_key, reverse=True)
+
+
+def _version_key(version: str) -> List[object]:
+    # Good enough for kernel versions like 6.1.192-2: numbers compare as numbers.
+    return [int(p) if p.isdigit() else p for p in re.split(r"[.\-+~]", version)]
+
+
+def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
+                    pinned: Optional[str]) -> PackageSet:
+    """Pick one Debian version for the whole set from *known* (role -> versions).
+
+    The pinned version wins when every strict package has it; otherwise the
+    newest version they all share.  Raises naming what was looked for.
+    """
+    names = release.package_names()
+    missing = [names[r] for r in STRICT_ROLES if not known.get(r)]
+    if missing:
+        raise KpatchError(
+            f"kernel {release.release}: Debian's archive (as apt knows it) has no "
+            f"{', '.join(missing)}; check the release name, or run 'apt-get update'")
+    common = set(known[STRICT_ROLES[0]])
+    for role in STRICT_ROLES[1:]:
+        common &= set(known[role])
+    if not common:
+        listing = "; ".join(f"{names[r]}: {', '.join(known[r])}" for r in STRICT_ROLES)
+        raise KpatchError(
+            f"kernel {release.release}: no Debian version is shared by all its packages ({listing})")
+    if pinned in common:
+        version = pinned
+    else:
+        version = max(common, key=_version_key)
+        if pinned:
+            log.warning("kernel %s: pinned Debian version %s is gone from the archive; "
+                        "using %s, the newest complete set", release.release, pinned, version)
+    versions = {r: version for r in STRICT_ROLES}
+    kbuild = known.get("kbuild") or []
+    if version in kbuild:
+        versions["kbuild"] = version
+    elif kbuild:
+        versions["kbuild"] = kbuild[0]
+        log.warning("kernel %s: %s %s is not in the archive; using %s (host tools only)",
+                    release.release, names["kbuild"], version, kbuild[0])
+    else:
+        raise KpatchError(f"kernel {release.release}: the archive has no {names['kbuild']}")
+    log.info("kernel %s: Debian packages version %s", release.release, version)
+    return PackageSet(release, version, versions)
+
+
+class DebianKernel:
+    """Everything pykpatch needs about one Debian kernel release, cached."""
+
+    def __init__(self, release: str = DEFAULT_RELEASE, cache: Optional[Path] = None,
+                 version: Optional[str] = None) -> None:
+        self.release = DebianRelease.parse(release)
+        self.cache = cache_dir(cache)
+        self._pinned = version or PINNED_VERSIONS.get(release)
+        self._packages: Optional[PackageSet] = None
+
+    # -- package set and downloads ---------------------------------------------
+    @property
+    def packages(self) -> PackageSet:
+        if self._packages is None:
+            self._packages = self._resolve_packages()
+        return self._packages
+
+    def _resolve_packages(self) -> PackageSet:
+        cached = self._cached_set()
+        if cached is not None:
+            return cached
+        require_tool("apt-cache", "apt")
+        known = {role: available_versions(name)
+                 for role, name in self.release.package_names().items()}
+        return choose_versions(self.release, known, self._pinned)
+
+    def _cached_set(self) -> Optional[PackageSet]:
+        """The pinned set, when all of its .debs are already downloaded (works offline)."""
+        if not self._pinned:
+            return None
+        for kbuild_version in self._cached_kbuild_versions():
+            versions = {r: self._pinned for r in STRICT_ROLES}
+            versions["kbuild"] = kbuild_version
+            candidate = PackageSet(self.release, self._pinned, versions)
+            if all((self.debs_dir / candidate.deb_name(r)).is_file() for r in versions):
+                return candidate
+        return None
+
+    def _cached_kbuild_versions(self) -> List[str]:
+        prefix = f"linux-kbuild-{self.release.series}_"
+        found = [p.name[len(prefix):].split("_")[0].replace("%3a", ":")
+                 for p in self.debs_dir.glob(prefix + "*.deb")]
+        return sorted(found, key=lambda v: v != self._pinned)
+
+    @property
+    def debs_dir(self) -> Path:
+        d = self.cache / "debs"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def kernel_dir(self) -> Path:
+        d = self.cache / "kernels" / f"{self.release.release}_{self.packages.version}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def deb(self, role: str) -> Path:
+        """The downloaded .deb of *role*, fetching it first if needed."""
+        path = self.debs_dir / self.packages.deb_name(role)
+        if not path.is_file():
+            self._download(role)
+        if not path.is_file():
+            raise KpatchError(f"apt-get download did not produce {path.name} in {self.debs_dir}")
+        return path
+
+    def _download(self, role: str) -> None:
+        name = self.release.package_names()[role]
+        version = self.packages.versions[role]
+        require_tool("apt-get", "apt")
+        log.info("downloading %s=%s", name, version)
+        run(["apt-get", "download", "-q", f"{name}={version}"], cwd=self.debs_dir,
+            what=f"downloading {name} {version}", logfile=self.cache / "logs" / "download.log")
+
+    def download_all(self) -> None:
+        for role in self.release.package_names():
+            self.deb(role)
+
+    # -- unpacked pieces -------------------------------------------------------
+    def _unpacked(self, name: str, roles: Sequence[str]) -> Path:
+        """``kernel_dir/name`` holding the given packages unpacked (done once)."""
+        target = self.kernel_dir / name
+        if target.is_dir():
+            return target
+        tmp = self._fresh_tmp(target)
+        for role in roles:
+            run(["dpkg-deb", "-x", self.deb(role), tmp], what=f"unpacking {self.deb(role).name}")
+        self._after_unpack(name, tmp)
+        tmp.rename(target)
+        return target
+
+    def _fresh_tmp(self, target: Path) -> Path:
+        tmp = target.with_name(target.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def _after_unpack(self, name: str, tmp: Path) -> None:
+        if name == "headers":
+            self._redirect_headers_include(tmp)
+
+    def _redirect_headers_include(self, root: Path) -> None:
+        # The flavour Makefile includes the -common Makefile by absolute path
+        # (/usr/src/...); point it at our unpacked copy instead of installing.
+        makefile = root / "usr/src" / f"linux-headers-{self.release.release}" / "Makefile"
+        common = self.kernel_dir / "headers/usr/src" / f"linux-headers-{self.release.abi}-common"
+        text = makefile.read_text()
+        fixed = re.sub(r"^include /usr/src/(\S+)/Makefile$", f"include {common}/Makefile",
+                       text, flags=re.M)
+        if fixed == text:
+            raise KpatchError(f"unexpected headers Makefile layout in {makefile}")
+        makefile.write_text(fixed)
+
+    @property
+    def image_dir(self) -> Path:
+        return self._unpacked("image", ["image"])
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.image_dir / "boot" / f"vmlinuz-{self.release.release}"
+
+    @property
+    def config(self) -> Path:
+        return self.image_dir / "boot" / f"config-{self.release.release}"
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.image_dir / "lib" / "modules" / self.release.release
+
+    @property
+    def headers_dir(self) -> Path:
+        """The out-of-tree module build directory (``make -C`` it)."""
+        root = self._unpacked("headers", ["headers", "headers_common", "kbuild"])
+        return root / "usr/src" / f"linux-headers-{self.release.release}"
+
+    @property
+    def vmlinux(self) -> Path:
+        """The debug vmlinux: full symbol table, FILE symbols, DWARF."""
+        target = self.kernel_dir / "dbg" / f"vmlinux-{self.release.release}"
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        member = f"./usr/lib/debug/boot/vmlinux-{self.release.release}"
+        tmp = target.with_name(target.name + ".tmp")
+        # Only the vmlinux: the package also holds 2.5 GB of module debug info.
+        with open(tmp, "wb") as out:
+            fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(self.deb("dbg"))],
+                                    stdout=subprocess.PIPE)
+            tar = subprocess.run(["tar", "-xO", member], stdin=fsys.stdout, stdout=out)
+            fsys.stdout.close()
+            fsys.wait()
+        if tar.returncode != 0 or tmp.stat().st_size == 0:
+            tmp.unlink()
+            raise KpatchError(f"{self.deb('dbg').name} has no {member}")
+        tmp.rename(target)
+        return target
+
+    # -- prepared source tree --------------------------------------------------
+    def compiler(self) -> str:
+        """The compiler the kernel was built with, from its config (e.g. gcc-12)."""
+        text = self.config.read_text()
+        m = re.search(r'^CONFIG_CC_VERSION_TEXT="(\S+)', text, re.M)
+        return m.group(1) if m else "gcc"
+
+    def tree_key(self) -> str:
+        cc = self.compiler()
+        version = run([cc, "--version"], what=f"{cc} --version").stdout.splitlines()[0]
+        digest = hashlib.sha256(self.config.read_bytes() + version.encode()).hexdigest()
+        return digest[:12]
+
+    def source_tree(self, jobs: int = 2) -> Path:
+        """The prepared source tree (``olddefconfig`` + ``modules_prepare``), made once.
+
+        The stamp file is written last: a tree without it is a leftover of an
+        interrupted run and is made again from scratch.
+        """
+        target = self.kernel_dir / f"tree-{self.tree_key()}"
+        stamp = target / ".pykpatch-prepared"
+        if stamp.is_file():
+            return target
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        try:
+            self._unpack_source(target)
+            self._prepare(target, jobs, self.kernel_dir / "prepare.log")
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        stamp.write_text(self.packages.version + "\n")
+        return target
+
+    def _unpack_source(self, dest: Path) -> None:
+        src_root = self._unpacked("source", ["source"])
+        tarballs = list((src_root / "usr/src").glob("linux-source-*.tar.*"))
+        if not tarballs:
+            raise KpatchError(f"{self.deb('source').name} holds no source tarball")
+        run(["tar", "-xaf", tarballs[0], "-C", dest, "--strip-components=1"],
+            what="unpacking the kernel source")
+
+    def _prepare(self, tree: Path, jobs: int, logfile: Path) -> None:
+        shutil.copyfile(self.config, tree / ".config")
+        make = ["make", f"-j{jobs}", f"KERNELRELEASE={self.release.release}"]
+        run(make + ["olddefconfig"], cwd=tree, logfile=logfile, what="make olddefconfig")
+        run(make + ["modules_prepare"], cwd=tree, logfile=logfile, what="make modules_prepare")
