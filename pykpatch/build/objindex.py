@@ -1,0 +1,145 @@
+"""Which objects this kernel's config builds, from which source, into what.
+
+A full build knows this from its ``.cmd`` files; we have no full build, so we
+ask kbuild itself: ``make -n vmlinux modules`` walks every Makefile under the
+real config and prints every compile command without running one (about
+15 s, cached in the tree).  Each ``CC`` line names the object, its source,
+and through ``-DMODULE``/``KBUILD_MODNAME`` whether it goes into vmlinux or
+which module.  That is exact: it is the build's own decision, not a guess
+from Makefile text.
+
+Headers are mapped to objects on demand with the preprocessor
+(:func:`objects_including`): every object's own compile command is rerun
+with ``-M``, which lists every file it includes, transitively.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from pykpatch.errors import KpatchError
+from pykpatch.process import run
+
+INDEX_FILE = ".pykpatch-objects.json"
+DEPS_FILE = ".pykpatch-deps.json"
+_INDEX_VERSION = 1
+
+_CC_LINE = re.compile(r"echo '  CC (?:\[M\]|   )  (?P<obj>\S+\.o)'")
+_GCC_CMD = re.compile(
+    r"; (?P<cmd>(?:\S*/)?gcc(?:-\d+)? -Wp,-MMD,\S+ .*? -c -o (?P<obj>\S+\.o) (?P<src>\S+\.c))\s+;")
+_MODNAME = re.compile(r"-DKBUILD_MODNAME='\"(?P<name>[^\"]+)\"'")
+
+
+@dataclass(frozen=True)
+class KernelObject:
+    """One translation unit of the kernel build."""
+
+    obj: str               # fs/proc/cmdline.o (relative to the tree)
+    src: str               # fs/proc/cmdline.c
+    module: Optional[str]  # KBUILD_MODNAME of its module, None for vmlinux
+    command: str           # the compile command kbuild would run
+
+    @property
+    def target(self) -> str:
+        """The livepatch object it belongs to: 'vmlinux' or the module name."""
+        return self.module or "vmlinux"
+
+
+def parse_make_dry_run(text: str) -> Dict[str, KernelObject]:
+    """Objects by source path, from the output of ``make -n``."""
+    objects: Dict[str, KernelObject] = {}
+    for line in text.splitlines():
+        if not _CC_LINE.search(line):
+            continue
+        m = _GCC_CMD.search(line)
+        if not m:
+            continue
+        cmd = m.group("cmd")
+        module = None
+        if " -DMODULE " in cmd:
+            name = _MODNAME.search(cmd)
+            module = name.group("name") if name else Path(m.group("obj")).stem
+        objects[m.group("src")] = KernelObject(m.group("obj"), m.group("src"), module, cmd)
+    return objects
+
+
+class ObjectIndex:
+    """The objects of one prepared tree, by source file."""
+
+    def __init__(self, tree: Path, make_args: Sequence[str], logfile: Optional[Path] = None) -> None:
+        self.tree = tree
+        self.make_args = list(make_args)
+        self.logfile = logfile
+        self._objects: Optional[Dict[str, KernelObject]] = None
+
+    @property
+    def objects(self) -> Dict[str, KernelObject]:
+        if self._objects is None:
+            self._objects = self._load() or self._scan()
+        return self._objects
+
+    def _load(self) -> Optional[Dict[str, KernelObject]]:
+        path = self.tree / INDEX_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("version") != _INDEX_VERSION or data.get("make_args") != self.make_args:
+            return None
+        return {o["src"]: KernelObject(**o) for o in data["objects"]}
+
+    def _scan(self) -> Dict[str, KernelObject]:
+        # -k: the dry run cannot link vmlinux (nothing was built), but every
+        # compile command has been printed by then.
+        proc = run(["make", "-n", "-k", *self.make_args, "vmlinux", "modules"], cwd=self.tree,
+                   check=False, what="listing the kernel's objects (make -n)")
+        objects = parse_make_dry_run(proc.stdout)
+        if not objects:
+            raise KpatchError(f"make -n in {self.tree} listed no objects", log=str(self.logfile))
+        data = {"version": _INDEX_VERSION, "make_args": self.make_args,
+                "objects": [asdict(o) for o in objects.values()]}
+        tmp = self.tree / (INDEX_FILE + ".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.rename(self.tree / INDEX_FILE)
+        return objects
+
+    def for_source(self, src: str) -> Optional[KernelObject]:
+        return self.objects.get(src)
+
+    def objects_including(self, header: str, jobs: int = 2) -> List[KernelObject]:
+        """Every object whose preprocessing reads *header* (exact, from ``gcc -M``)."""
+        deps = self._dependencies(jobs)
+        return sorted((self.objects[src] for src, files in deps.items() if header in files),
+                      key=lambda o: o.obj)
+
+    def _dependencies(self, jobs: int) -> Dict[str, List[str]]:
+        path = self.tree / DEPS_FILE
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            results = list(pool.map(self._deps_of, self.objects.values()))
+        deps = {o.src: files for o, files in zip(self.objects.values(), results)}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(deps))
+        tmp.rename(path)
+        return deps
+
+    def _deps_of(self, obj: KernelObject) -> List[str]:
+        argv = shlex.split(obj.command)
+        argv = [a for a in argv if not a.startswith("-Wp,-MMD")]
+        out_at = argv.index("-o")
+        argv[out_at - 1:out_at + 2] = ["-M", "-MG", "-o", "/dev/stdout"]  # drop "-c -o X.o"
+        proc = subprocess.run(argv, cwd=self.tree, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KpatchError(f"preprocessing {obj.src} for its includes failed:\n"
+                              + proc.stderr.strip()[-2000:])
+        words = proc.stdout.replace("\\\n", " ").split()[1:]
+        return sorted({os.path.normpath(w) for w in words})

@@ -1,0 +1,189 @@
+"""kpatch-build as a flat list of stages: from source patches to a livepatch module.
+
+Only the translation units the patch can change are compiled, once before
+and once after the patch, in the cached prepared tree of the target kernel.
+"""
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from pykpatch.build.affected import AffectedObjects, affected_objects, patch_files
+from pykpatch.build.compile import compile_objects
+from pykpatch.build.compiler import check_compiler
+from pykpatch.build.module import ModuleInputs, check_module, link_module, module_name
+from pykpatch.build.objindex import KernelObject, ObjectIndex
+from pykpatch.build.structsizes import struct_sizes
+from pykpatch.build.target import Target, custom_target, debian_target
+from pykpatch.build.workspace import PatchedTree
+from pykpatch.cache import cache_dir
+from pykpatch.differ.driver import Outcome, diff_objects
+from pykpatch.differ.state import Options
+from pykpatch.elf.writer import write_elf
+from pykpatch.errors import InputError, KpatchError, Refusal
+
+log = logging.getLogger("pykpatch")
+
+INCLUDE_DIR = Path(__file__).resolve().parent.parent / "data" / "include"
+
+
+@dataclass
+class BuildOptions:
+    patches: List[Path]
+    release: Optional[str] = None
+    sourcedir: Optional[Path] = None
+    headers: Optional[Path] = None
+    vmlinux: Optional[Path] = None
+    kallsyms: Optional[Path] = None
+    modules_dir: Optional[Path] = None
+    jobs: int = 2
+    name: str = ""
+    output: Path = Path(".")
+    replace: bool = True
+    skip_cleanup: bool = False
+    skip_compiler_check: bool = False
+    cache: Optional[Path] = None
+
+
+@dataclass
+class BuildResult:
+    module: Path
+    report_path: Path
+    reports: List[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Progress:
+    """Stage announcements on stderr, with elapsed time."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.start = time.monotonic()
+        self.quiet = quiet
+
+    def stage(self, text: str) -> None:
+        log.info("[%5.1fs] %s", time.monotonic() - self.start, text)
+
+
+def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
+    """Run every stage; raises KpatchError (Refusal for unpatchable changes)."""
+    patches = _existing_patches(opts.patches)
+    name = module_name(patches, opts.name)
+    progress.stage(f"target kernel {opts.release or 'running'}: preparing (cached after the first time)")
+    target = resolve_target(opts)
+    if not opts.skip_compiler_check:
+        check_compiler(target)
+    progress.stage("finding the objects the patch changes")
+    affected = find_affected(patches, target, opts.jobs)
+    sizes = struct_sizes(target.tree, ObjectIndex(target.tree, target.make_args))
+    work = Path(tempfile.mkdtemp(prefix=f"kpatch-build-{name}-"))
+    try:
+        orig, patched = compile_twice(target, patches, affected, work, opts.jobs, logfile, progress)
+        progress.stage(f"diffing {len(affected.objects)} object(s)")
+        outputs, reports = diff_all(target, affected, orig, patched, sizes, name, work)
+        progress.stage(f"linking {name}.ko")
+        inputs = ModuleInputs(name, outputs, patches, target.release, opts.replace)
+        ko = link_module(inputs, target.headers_dir, work / "module", logfile, opts.jobs)
+        check_module(ko, target.release, target.symvers)
+        result = deliver(ko, reports, opts.output)
+    finally:
+        if opts.skip_cleanup:
+            log.info("work directory kept: %s", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    result.seconds = time.monotonic() - progress.start
+    return result
+
+
+def _existing_patches(patches: List[Path]) -> List[Path]:
+    if not patches:
+        raise InputError("no patch given")
+    for p in patches:
+        if not p.is_file():
+            raise InputError(f"patch file {p} does not exist")
+    return [p.resolve() for p in patches]
+
+
+def resolve_target(opts: BuildOptions) -> Target:
+    if opts.sourcedir:
+        return custom_target(opts.sourcedir, opts.headers, opts.vmlinux, opts.kallsyms,
+                             opts.release, opts.modules_dir)
+    return debian_target(opts.release, opts.cache, opts.jobs, opts.vmlinux, opts.kallsyms)
+
+
+def find_affected(patches: List[Path], target: Target, jobs: int) -> AffectedObjects:
+    files = patch_files(patches)
+    index = ObjectIndex(target.tree, target.make_args)
+    return affected_objects(files, index, jobs)
+
+
+def compile_twice(target: Target, patches: List[Path], affected: AffectedObjects, work: Path,
+                  jobs: int, logfile: Path, progress: Progress
+                  ) -> "tuple[Dict[str, Path], Dict[str, Path]]":
+    """Original and patched objects; the tree is clean again afterwards, whatever happens."""
+    extra = f"-I{INCLUDE_DIR}"
+    with PatchedTree(target.tree, patches, logfile) as tree:
+        progress.stage(f"compiling {len(affected.objects)} original object(s)")
+        orig = compile_objects(target.tree, target.make_args, affected.objects, work / "orig",
+                               jobs=jobs, extra_cflags=extra, logfile=logfile, what="original")
+        progress.stage("applying the patch")
+        tree.apply()
+        progress.stage(f"compiling {len(affected.objects)} patched object(s)")
+        patched = compile_objects(target.tree, target.make_args, affected.objects,
+                                  work / "patched", jobs=jobs, extra_cflags=extra,
+                                  logfile=logfile, what="patched")
+    return orig, patched
+
+
+def diff_options(target: Target, obj: KernelObject, sizes: Dict[str, int], name: str) -> Options:
+    symbols = target.symbols if obj.module is None else target.module_file(obj.module)
+    return Options(symbols=str(symbols), symvers=str(target.symvers), objname=obj.target,
+                   patch_name=name, struct_sizes=sizes)
+
+
+def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
+             patched: Dict[str, Path], sizes: Dict[str, int], name: str, work: Path
+             ) -> "tuple[List[Path], List[dict]]":
+    """Diff every pair; all refusals are gathered before failing, so the author sees them all."""
+    outputs, reports, refusals = [], [], []
+    for obj in affected.objects:
+        try:
+            result = diff_objects(str(orig[obj.obj]), str(patched[obj.obj]),
+                                  diff_options(target, obj, sizes, name))
+        except Refusal as refusal:
+            refusals.append(f"{obj.obj}: {refusal}")
+            continue
+        report = result.report.to_dict()
+        report.update(object=obj.obj, target=obj.target, why=affected.reasons[obj.obj])
+        reports.append(report)
+        if result.outcome is Outcome.PATCH:
+            out = work / "diff" / obj.obj
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_elf(result.output, out)
+            outputs.append(out)
+    if refusals:
+        raise Refusal("the patch cannot be live patched:\n" + "\n".join(refusals))
+    if not outputs:
+        raise Refusal("no change: the patch changes no function of the compiled objects "
+                      "(only comments, unused code, or line numbers?)")
+    return outputs, reports
+
+
+def deliver(ko: Path, reports: List[dict], output: Path) -> BuildResult:
+    """Copy the module and its JSON report into *output*."""
+    output.mkdir(parents=True, exist_ok=True)
+    dest = output / ko.name
+    shutil.copyfile(ko, dest)
+    report_path = dest.with_suffix(".json")
+    report_path.write_text(json.dumps({"module": dest.name, "objects": reports}, indent=2) + "\n")
+    return BuildResult(dest, report_path, reports)
+
+
+def default_logfile(cache: Optional[Path]) -> Path:
+    logs = cache_dir(cache) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"kpatch-build-{time.strftime('%Y%m%d-%H%M%S')}.log"

@@ -1,0 +1,93 @@
+"""The kernel a patch is built for, and everything about it the build reads."""
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from pykpatch.errors import InputError, KpatchError
+from pykpatch.provider.debian import DebianKernel
+
+
+@dataclass
+class Target:
+    """Paths and facts of one target kernel.
+
+    *symbols* is what klp relocations are resolved against for vmlinux: the
+    debug vmlinux (FILE symbols tell same-named locals apart) or a
+    ``/proc/kallsyms`` copy.  *modules_dir* holds the shipped modules, whose
+    own symbol tables serve for module objects.
+    """
+
+    release: str
+    tree: Path
+    make_args: List[str]
+    headers_dir: Path
+    symbols: Path
+    modules_dir: Optional[Path]
+    config: Path
+    vmlinux: Optional[Path]
+
+    @property
+    def symvers(self) -> Path:
+        return self.headers_dir / "Module.symvers"
+
+    def module_file(self, name: str) -> Path:
+        """The shipped .ko of module *name* (``-`` and ``_`` are the same to the kernel)."""
+        if self.modules_dir is None:
+            raise InputError(f"no modules directory for {self.release}: cannot patch module {name}")
+        wanted = name.replace("-", "_")
+        for path in self.modules_dir.rglob("*.ko*"):
+            if path.name.split(".ko")[0].replace("-", "_") == wanted:
+                return path
+        raise KpatchError(f"module {name} is not among the modules of {self.release} "
+                          f"({self.modules_dir})")
+
+
+def running_release() -> str:
+    return platform.release()
+
+
+def debian_target(release: Optional[str], cache: Optional[Path], jobs: int,
+                  vmlinux: Optional[Path], kallsyms: Optional[Path]) -> Target:
+    """A target from Debian's packages, fetched and prepared through the cache."""
+    kernel = DebianKernel(release or running_release(), cache=cache)
+    tree = kernel.source_tree(jobs=jobs)
+    dbg = None if (vmlinux or kallsyms) else kernel.vmlinux
+    return Target(
+        release=kernel.release.release, tree=tree, make_args=kernel.make_args(),
+        headers_dir=kernel.headers_dir, symbols=Path(kallsyms or vmlinux or dbg),
+        modules_dir=kernel.modules_dir, config=kernel.config, vmlinux=vmlinux or dbg,
+    )
+
+
+def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Path],
+                  kallsyms: Optional[Path], release: Optional[str],
+                  modules_dir: Optional[Path]) -> Target:
+    """A target from a prepared tree the user gives (``-s``), for non-Debian kernels."""
+    tree = sourcedir.resolve()
+    for needed in (".config", "include/generated/autoconf.h"):
+        if not (tree / needed).exists():
+            raise InputError(f"{tree} is not a prepared kernel tree (no {needed}); run "
+                             "'make olddefconfig modules_prepare' in it first")
+    symbols = kallsyms or vmlinux
+    if symbols is None:
+        raise InputError("with --sourcedir, give the target's symbols: -v VMLINUX or --kallsyms FILE")
+    headers_dir = (headers or tree).resolve()
+    if not (headers_dir / "Module.symvers").is_file():
+        raise InputError(f"{headers_dir} has no Module.symvers; give --headers DIR")
+    rel = release or (tree / "include/config/kernel.release").read_text().strip()
+    return Target(
+        release=rel, tree=tree, make_args=[f"KERNELRELEASE={rel}"], headers_dir=headers_dir,
+        symbols=Path(symbols), modules_dir=modules_dir, config=tree / ".config", vmlinux=vmlinux,
+    )
+
+
+def config_value(config: Path, name: str) -> Optional[str]:
+    """The value of CONFIG_<name> in a .config file, quotes removed; None if unset."""
+    prefix = f"CONFIG_{name}="
+    for line in config.read_text().splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix):].strip('"')
+    return None

@@ -1,0 +1,93 @@
+"""The Debian kernel provider's decisions, on package listings written out here."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from pykpatch.errors import KpatchError
+from pykpatch.provider.debian import DebianRelease, choose_versions
+from pykpatch.testbed.rootfs import debian_mirror
+
+REL = DebianRelease.parse("6.1.0-56-cloud-amd64")
+
+
+def listing(**overrides):
+    base = {role: ["6.1.192-2", "6.1.192-1"] for role in
+            ("image", "headers", "headers_common", "dbg", "source", "kbuild")}
+    base.update(overrides)
+    return base
+
+
+def test_release_is_split_into_package_name_parts():
+    assert (REL.series, REL.abi, REL.flavour) == ("6.1", "6.1.0-56", "cloud-amd64")
+    names = REL.package_names()
+    assert names["image"] == "linux-image-6.1.0-56-cloud-amd64-unsigned"
+    assert names["headers_common"] == "linux-headers-6.1.0-56-common"
+    assert names["source"] == "linux-source-6.1"
+
+
+@pytest.mark.parametrize("bad", ["6.18.44-fc-v782x!", "linux", "6.1", ""])
+def test_a_non_debian_release_is_an_error_naming_it(bad):
+    with pytest.raises(KpatchError, match="not a Debian kernel release"):
+        DebianRelease.parse(bad)
+
+
+def test_the_pinned_version_wins_when_complete():
+    chosen = choose_versions(REL, listing(), "6.1.192-1")
+    assert chosen.version == "6.1.192-1"
+    assert set(chosen.versions.values()) == {"6.1.192-1"}
+
+
+def test_a_vanished_pin_falls_back_to_the_newest_complete_set_and_says_so(caplog):
+    known = listing(dbg=["6.1.192-2", "6.1.190-1"], source=["6.1.192-2", "6.1.190-1"])
+    with caplog.at_level(logging.WARNING, logger="pykpatch"):
+        chosen = choose_versions(REL, known, "6.1.188-1")
+    assert chosen.version == "6.1.192-2"
+    assert "6.1.188-1 is gone" in caplog.text
+
+
+def test_versions_that_never_agree_are_an_error_listing_them():
+    known = listing(dbg=["6.1.190-1"])
+    with pytest.raises(KpatchError, match="no Debian version is shared") as err:
+        choose_versions(REL, known, None)
+    assert "linux-image-6.1.0-56-cloud-amd64-dbg: 6.1.190-1" in str(err.value)
+
+
+def test_a_missing_package_is_named():
+    with pytest.raises(KpatchError, match="linux-image-6.1.0-56-cloud-amd64-dbg"):
+        choose_versions(REL, listing(dbg=[]), None)
+
+
+def test_kbuild_may_come_from_another_version_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="pykpatch"):
+        chosen = choose_versions(REL, listing(kbuild=["6.1.200-1"]), None)
+    assert chosen.versions["kbuild"] == "6.1.200-1"
+    assert chosen.versions["image"] == "6.1.192-2"
+    assert "linux-kbuild-6.1" in caplog.text
+
+
+def test_deb_file_names_follow_apt_get_download():
+    chosen = choose_versions(REL, listing(), None)
+    assert chosen.deb_name("source") == "linux-source-6.1_6.1.192-2_all.deb"
+    assert chosen.deb_name("dbg") == "linux-image-6.1.0-56-cloud-amd64-dbg_6.1.192-2_amd64.deb"
+
+
+def test_mirror_comes_from_deb822_sources(tmp_path: Path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n")
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+
+
+def test_mirror_comes_from_one_line_sources(tmp_path: Path):
+    (tmp_path / "sources.list").write_text(
+        "# comment\ndeb [arch=amd64] http://mirror.example/debian bookworm main\n")
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+
+
+def test_no_debian_source_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "sources.list").write_text("deb http://other.example/ubuntu jammy main\n")
+    with pytest.raises(KpatchError, match="no apt source for Debian bookworm"):
+        debian_mirror(tmp_path)
