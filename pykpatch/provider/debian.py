@@ -316,11 +316,25 @@ class DebianKernel:
         m = re.search(r'^CONFIG_CC_VERSION_TEXT="(\S+)', text, re.M)
         return m.group(1) if m else "gcc"
 
-    def tree_key(self) -> str:
+    def make_args(self) -> List[str]:
+        """Variables every ``make`` in the source tree gets.
+
+        ``KERNELRELEASE`` because the source says 6.1.192 where the running
+        kernel says 6.1.0-N-flavour; ``CC`` so that ``olddefconfig`` keeps
+        the config's CONFIG_CC_VERSION_TEXT (Debian builds with gcc-12).
+        """
+        return [f"KERNELRELEASE={self.release.release}", f"CC={self.compiler()}"]
+
+    def compiler_version(self) -> str:
+        """First line of ``<compiler> --version`` on this machine."""
         cc = self.compiler()
-        version = run([cc, "--version"], what=f"{cc} --version").stdout.splitlines()[0]
-        digest = hashlib.sha256(self.config.read_bytes() + version.encode()).hexdigest()
-        return digest[:12]
+        require_tool(cc, "gcc-12" if cc == "gcc-12" else "gcc")
+        return run([cc, "--version"], what=f"{cc} --version").stdout.splitlines()[0]
+
+    def tree_key(self) -> str:
+        material = self.config.read_bytes() + self.compiler_version().encode()
+        material += " ".join(self.make_args()).encode()
+        return hashlib.sha256(material).hexdigest()[:12]
 
     def source_tree(self, jobs: int = 2) -> Path:
         """The prepared source tree (``olddefconfig`` + ``modules_prepare``), made once.
@@ -354,6 +368,6 @@ class DebianKernel:
 
     def _prepare(self, tree: Path, jobs: int, logfile: Path) -> None:
         shutil.copyfile(self.config, tree / ".config")
-        make = ["make", f"-j{jobs}", f"KERNELRELEASE={self.release.release}"]
+        make = ["make", f"-j{jobs}", *self.make_args()]
         run(make + ["olddefconfig"], cwd=tree, logfile=logfile, what="make olddefconfig")
         run(make + ["modules_prepare"], cwd=tree, logfile=logfile, what="make modules_prepare")
