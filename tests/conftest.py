@@ -33,3 +33,16 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared/ is not beside the repository ({SHARED})")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logger():
+    """Commands under test set up the pykpatch logger; give each test a fresh one."""
+    import logging
+
+    logger = logging.getLogger("pykpatch")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    logger.handlers[:] = []
+    logger.propagate = True
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

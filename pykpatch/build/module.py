@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from pykpatch import __version__
-try:
-    from pykpatch.elf.klp_link import from_linkable, to_linkable
-except ImportError:
-    pass
+from pykpatch.elf.klp_link import from_linkable, to_linkable
 from pykpatch.elf.reader import read_elf
 from pykpatch.elf.writer import write_elf
 from pykpatch.errors import KpatchError

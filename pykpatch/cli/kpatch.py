@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Sequence, TextIO
 
 from pykpatch import __version__
 from pykpatch.errors import KpatchError
+from pykpatch.log import setup_logging
 from pykpatch.manage.failures import NotRoot
 from pykpatch.manage.host import Host
 from pykpatch.manage.inventory import Json
@@ -287,20 +288,6 @@ def _progress_view() -> _ProgressView:
 
 # --- main ------------------------------------------------------------------------
 
-class _LogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
-        return f"kpatch: {level}{record.getMessage()}"
-
-
-def _setup_logging(debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogFormatter())
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if debug else logging.INFO)
-    log.propagate = False
-
-
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -315,7 +302,7 @@ def _report_error(err: KpatchError) -> None:
 def main(argv: Optional[Sequence[str]] = None, host: Optional[Host] = None) -> int:
     """Entry point of the ``kpatch`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.debug)
+    setup_logging("kpatch", args.debug)
     command: Command = args.command
     try:
         if command.needs_root and not _is_root():

@@ -1,0 +1,74 @@
+"""The target symbol table: sympos, FILE blocks, text formats, ambiguity."""
+
+import pytest
+
+from pykpatch.differ.symbols import TargetSymbols, TargetSymbol, load_target_symbols
+from pykpatch.elf.constants import STB_GLOBAL, STB_LOCAL, STT_FUNC
+from pykpatch.errors import InputError
+
+READELF = """
+Symbol table '.symtab' contains 6 entries:
+   Num:    Value          Size Type    Bind   Vis      Ndx Name
+     0: 0000000000000000     0 NOTYPE  LOCAL  DEFAULT  UND
+     1: 0000000000000000     0 FILE    LOCAL  DEFAULT  ABS a.c
+     2: ffffffff81000200    10 FUNC    LOCAL  DEFAULT    1 show
+     3: 0000000000000000     0 FILE    LOCAL  DEFAULT  ABS b.c
+     4: ffffffff81000100    10 FUNC    LOCAL  DEFAULT    1 show
+     5: ffffffff81000300    10 FUNC    GLOBAL DEFAULT    1 unique_fn
+     6: 0000000000000000     0 NOTYPE  GLOBAL DEFAULT  UND printk
+"""
+
+
+@pytest.fixture
+def readelf_table(tmp_path):
+    path = tmp_path / "syms.txt"
+    path.write_text(READELF)
+    return load_target_symbols(str(path), fallback=None, symvers=None)
+
+
+def test_unique_name_has_sympos_0(readelf_table):
+    assert readelf_table.sympos("unique_fn", local=False) == 0
+
+
+def test_duplicate_local_ranked_by_address_within_its_file(readelf_table):
+    # b.c's show is at the lower address, so it is the first of the two.
+    assert readelf_table.sympos("show", local=True, files=["b.c"]) == 1
+    assert readelf_table.sympos("show", local=True, files=["a.c"]) == 2
+
+
+def test_ambiguity_is_an_error_not_a_guess(readelf_table):
+    with pytest.raises(InputError, match="show"):
+        readelf_table.sympos("show", local=True, files=["c.c"])
+
+
+def test_undefined_and_unknown_names_are_not_found(readelf_table):
+    assert readelf_table.sympos("printk", local=False) is None
+    assert readelf_table.sympos("nope", local=False) is None
+
+
+def test_kallsyms_text_and_symvers(tmp_path):
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("ffffffff81000100 t show\nffffffff81000200 T vfs_read\n"
+                        "ffffffffc0000000 t show\t[ext4]\n")
+    symvers = tmp_path / "Module.symvers"
+    symvers.write_text("0x12345678\tvfs_read\tvmlinux\tEXPORT_SYMBOL\t\n")
+    table = load_target_symbols(str(kallsyms), fallback=None, symvers=str(symvers))
+    assert table.is_exported("vfs_read") and not table.is_exported("show")
+    assert table.sympos("show", local=True) == 0  # the module's copy is not vmlinux's
+
+
+def test_module_table_without_file_symbols_ranks_within_module():
+    table = TargetSymbols("mod.ko")
+    table.add(TargetSymbol("helper", 0x40, STB_LOCAL, STT_FUNC, None))
+    table.add(TargetSymbol("helper", 0x10, STB_LOCAL, STT_FUNC, None))
+    table.add(TargetSymbol("main", 0x80, STB_GLOBAL, STT_FUNC, None))
+    with pytest.raises(InputError):
+        table.sympos("helper", local=True)
+    assert table.sympos("main", local=False) == 0
+
+
+def test_garbage_symbols_file_is_input_error(tmp_path):
+    path = tmp_path / "junk"
+    path.write_text("hello\nworld\n")
+    with pytest.raises(InputError):
+        load_target_symbols(str(path), fallback=None, symvers=None)
