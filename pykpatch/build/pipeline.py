@@ -16,10 +16,12 @@ from typing import Dict, List, Optional
 from pykpatch.build.affected import AffectedObjects, affected_objects, patch_files
 from pykpatch.build.compile import compile_objects
 from pykpatch.build.compiler import check_compiler
+from pykpatch.build.layout import layout_changes
 from pykpatch.build.module import ModuleInputs, check_module, link_module, module_name
 from pykpatch.build.objindex import KernelObject, ObjectIndex
 from pykpatch.build.structsizes import struct_sizes
 from pykpatch.build.target import Target, custom_target, debian_target
+from pykpatch.build.verify import TargetBinary, verify_original
 from pykpatch.build.workspace import PatchedTree
 from pykpatch.cache import cache_dir
 from pykpatch.differ.driver import Outcome, diff_objects
@@ -150,7 +152,9 @@ def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
              ) -> "tuple[List[Path], List[dict]]":
     """Diff every pair; all refusals are gathered before failing, so the author sees them all."""
     outputs, reports, refusals = [], [], []
+    binaries: Dict[str, TargetBinary] = {}
     for obj in affected.objects:
+        refusals += [f"{obj.obj}: {change}" for change in layout_changes(orig[obj.obj], patched[obj.obj])]
         try:
             result = diff_objects(str(orig[obj.obj]), str(patched[obj.obj]),
                                   diff_options(target, obj, sizes, name))
@@ -160,6 +164,7 @@ def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
         report = result.report.to_dict()
         report.update(object=obj.obj, target=obj.target, why=affected.reasons[obj.obj])
         reports.append(report)
+        refusals += source_mismatches(target, obj, orig[obj.obj], report, binaries)
         if result.outcome is Outcome.PATCH:
             out = work / "diff" / obj.obj
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +176,20 @@ def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
         raise Refusal("no change: the patch changes no function of the compiled objects "
                       "(only comments, unused code, or line numbers?)")
     return outputs, reports
+
+
+def source_mismatches(target: Target, obj: KernelObject, orig: Path, report: dict,
+                      binaries: Dict[str, TargetBinary]) -> List[str]:
+    """Refusal lines for replaced functions whose original code is not the target's."""
+    binary_path = target.vmlinux if obj.module is None else target.module_file(obj.module)
+    if binary_path is None:
+        log.warning("%s: no vmlinux to check the source against (symbols from kallsyms)", obj.obj)
+        return []
+    binary = binaries.setdefault(str(binary_path), TargetBinary(Path(binary_path)))
+    replaced = [f["name"] for f in report["functions"] if f["patched"]]
+    return [f"{obj.obj}: {m.function}: the source does not match the running kernel ({m.why}); "
+            "build from the exact source, config and compiler of that kernel"
+            for m in verify_original(orig, replaced, binary)]
 
 
 def deliver(ko: Path, reports: List[dict], output: Path) -> BuildResult:

@@ -60,6 +60,7 @@ def mark_changes(state: DiffState) -> None:
     _apply_ignore_annotations(state)
     _settle_init_code(state)
     _propagate_to_parents(state)
+    _propagate_untraceable_to_callers(state)
 
 
 def _settle_init_code(state: DiffState) -> None:
@@ -111,6 +112,38 @@ def _propagate_to_parents(state: DiffState) -> None:
         if state.status_of(parent) is Status.SAME:
             state.status[parent] = Status.CHANGED
             state.reasons[parent] = f"its child {child.name} changed"
+
+
+def _callers(state: DiffState, func: Symbol) -> List[Symbol]:
+    """Functions of the patched object with a relocation to *func*."""
+    patched = state.patched
+    return [sym for sym in patched.elf.symbols
+            if sym.is_func and sym is not func
+            and any(r.symbol is func for r in patched.function_relas(sym))]
+
+
+def _propagate_untraceable_to_callers(state: DiffState) -> None:
+    """A changed static function that ftrace cannot redirect (``notrace``,
+    which the kernel's ``inline`` implies, e.g. a syscall's ``__do_sys_*``
+    that GCC chose not to inline) is carried by its callers: they become
+    changed, and call the new copy.  kpatch refuses these; all callers of a
+    static function are in this object, so patching them is complete."""
+    patched = state.patched
+    work = [sym for sym in patched.elf.symbols
+            if sym.is_func and state.status_of(sym) is Status.CHANGED
+            and sym not in patched.has_fentry and sym not in patched.parent]
+    while work:
+        func = work.pop()
+        callers = _callers(state, func)
+        if not func.is_local or not callers or func in state.via_callers:
+            continue  # refused later: callers outside this object, or none
+        state.via_callers.add(func)
+        for caller in callers:
+            if state.status_of(caller) is Status.SAME:
+                state.status[caller] = Status.CHANGED
+                state.reasons[caller] = f"calls {func.name}, which changed and has no __fentry__"
+                if caller not in patched.has_fentry and caller not in patched.parent:
+                    work.append(caller)
 
 
 class _Comparer:

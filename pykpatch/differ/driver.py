@@ -120,6 +120,8 @@ def patched_functions(state: DiffState, table: TargetSymbols) -> List[PatchedFun
             continue
         if sym in state.patched.parent and sym not in state.patched.has_fentry:
             continue
+        if sym in state.via_callers:
+            continue  # included as a copy; its callers are redirected
         if sym not in state.included_symbols:
             continue
         twin = state.twin_of(sym)

@@ -57,9 +57,12 @@ def _check_traceable(state: DiffState, sym: Symbol) -> None:
         return
     if sym in patched.parent:
         return  # its parent carries the redirect (see changes._propagate_to_parents)
+    if sym in state.via_callers:
+        return  # its callers carry it (see changes._propagate_untraceable_to_callers)
     state.refusals.append(
         f"{sym.name}: changed but has no __fentry__ call, so ftrace cannot redirect it "
-        "(notrace or inline-only?) -- patch its callers instead")
+        "(notrace or inline?) and it is not a static function whose callers could carry it "
+        "-- patch its callers instead")
 
 
 def _check_bindings(state: DiffState) -> None:

@@ -92,6 +92,8 @@ class DiffState:
     included_symbols: Set[Symbol] = field(default_factory=set)
     refusals: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    # Changed static functions without __fentry__ whose callers are patched instead.
+    via_callers: Set[Symbol] = field(default_factory=set)
     target: Optional["TargetSymbols"] = None  # noqa: F821 (set by the driver)
 
     def twin_of(self, record: object) -> Optional[object]:

@@ -114,6 +114,9 @@ class Guest:
             self._kill()
             raise
         self.boot_id = hello.get("boot_id", "")
+        if self.mode == "systemd":
+            # The agent is one service among many: wait for the rest of the boot.
+            self.run("systemctl is-system-running --wait", timeout=BOOT_TIMEOUT["systemd"])
         self.boot_seconds = time.monotonic() - started
         log.info("guest up in %.1f s (%s boot)", self.boot_seconds, self.mode)
 

@@ -30,6 +30,9 @@ extern struct pykpatch_callback __pykpatch_callbacks_post_unpatch[], __pykpatch_
 
 static struct klp_patch pykpatch_patch;
 
+/* Keeps the tables' output section allocated (see pykpatch.lds). */
+static const unsigned long pykpatch_anchor __used __section(".pykpatch.anchor") = 0;
+
 /* klp_object.name is NULL for the core kernel. */
 static const char *klp_name(const char *objname)
 {

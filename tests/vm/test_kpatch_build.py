@@ -1,0 +1,254 @@
+"""kpatch-build end to end: patches built for the real Debian kernel, loaded in it."""
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kpatch_build_support import (
+    EXAMPLES, PATCHES, Build, kernel_health, kpatch_build, load, unload, wait_for,
+)
+
+
+@pytest.fixture(scope="session")
+def built(kernel, tmp_path_factory):
+    """Build each patch (set) once per session: name -> Build."""
+    cache = {}
+
+    def build(*names: str, extra=()) -> Build:
+        key = (names, tuple(extra))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("kb")
+            paths = [EXAMPLES / n if (EXAMPLES / n).exists() else PATCHES / n for n in names]
+            cache[key] = kpatch_build(kernel.release.release, out, paths, *extra)
+        return cache[key]
+
+    return build
+
+
+@pytest.fixture
+def healthy(guest):
+    """Clear dmesg first; afterwards, no oops/warning and no unexpected taint."""
+    guest.check("dmesg -C")
+    yield guest
+    assert kernel_health(guest) == {"bad_dmesg": [], "unexpected_taint": 0}
+
+
+def ok(b: Build) -> Build:
+    assert b.rc == 0, f"kpatch-build failed:\n{b.stderr}"
+    return b
+
+
+def test_string_change_in_proc_cmdline(built, healthy):
+    guest, b = healthy, ok(built("cmdline-string.patch"))
+    before = guest.check("cat /proc/cmdline")
+    assert "pykpatch=live" not in before
+    load(guest, b)
+    assert guest.check("cat /proc/cmdline") == before.rstrip("\n") + " pykpatch=live\n"
+    unload(guest, b)
+    assert guest.check("cat /proc/cmdline") == before
+    assert b.functions() == ["cmdline_proc_show"]
+
+
+def test_meminfo_calls_static_functions_through_klp_relocations(built, healthy):
+    guest, b = healthy, ok(built("meminfo-klp.patch"))
+    sections = subprocess.run(["readelf", "-S", "--wide", str(b.module)], capture_output=True,
+                              text=True).stdout
+    assert ".klp.rela.vmlinux..text.meminfo_proc_show" in sections
+    symbols = subprocess.run(["readelf", "-s", "--wide", str(b.module)], capture_output=True,
+                             text=True).stdout
+    assert any("[0xff20] .klp.sym.vmlinux.si_swapinfo,0" in line for line in symbols.splitlines())
+    total_swap = guest.check("awk '/^SwapTotal/ {print $2}' /proc/meminfo").strip()
+    assert "PykpatchSwap" not in guest.check("cat /proc/meminfo")
+    load(guest, b)
+    assert guest.check("awk '/^PykpatchSwap/ {print $2}' /proc/meminfo").strip() == total_swap
+    unload(guest, b)
+    assert "PykpatchSwap" not in guest.check("cat /proc/meminfo")
+
+
+def test_new_function(built, healthy):
+    guest, b = healthy, ok(built("new-function.patch"))
+    report = {f["name"]: f for o in b.report["objects"] for f in o["functions"]}
+    assert report["pykpatch_version_note"]["status"] == "new"
+    assert report["version_proc_show"]["patched"] is True
+    load(guest, b)
+    assert guest.check("cat /proc/version").endswith("pykpatch: new function\n")
+    unload(guest, b)
+    assert "pykpatch" not in guest.check("cat /proc/version")
+
+
+BINFMT = "/proc/sys/fs/binfmt_misc"
+
+
+def _binfmt_up(guest):
+    guest.check(f"modprobe binfmt_misc && (mountpoint -q {BINFMT} || mount -t binfmt_misc none {BINFMT})")
+
+
+def _binfmt_down(guest):
+    guest.check(f"umount {BINFMT}; rmmod binfmt_misc")
+
+
+def test_module_function_patched_while_the_module_is_loaded(built, healthy):
+    guest, b = healthy, ok(built("module-binfmt-misc.patch"))
+    _binfmt_up(guest)
+    assert guest.check(f"cat {BINFMT}/status").strip() == "enabled"
+    load(guest, b)
+    assert guest.check(f"cat {BINFMT}/status").strip() == "enabled (pykpatch)"
+    unload(guest, b)
+    assert guest.check(f"cat {BINFMT}/status").strip() == "enabled"
+    _binfmt_down(guest)
+
+
+def test_module_function_patched_when_the_module_loads_later(built, healthy):
+    guest, b = healthy, ok(built("module-binfmt-misc.patch"))
+    assert "binfmt_misc" not in guest.check("cat /proc/modules")
+    load(guest, b)
+    _binfmt_up(guest)
+    assert guest.check(f"cat {BINFMT}/status").strip() == "enabled (pykpatch)"
+    unload(guest, b)
+    assert guest.check(f"cat {BINFMT}/status").strip() == "enabled"
+    _binfmt_down(guest)
+
+
+def test_shadow_variable_per_task(built, healthy):
+    guest, b = healthy, ok(built("shadow-variable.patch"))
+    load(guest, b)
+    reads = "awk '/^PykpatchReads/ {print $2}' /proc/1/status"
+    assert guest.check(reads).strip() == "1"
+    assert guest.check(reads).strip() == "2"
+    assert guest.check("grep PykpatchReads /proc/self/status").split() == ["PykpatchReads:", "1"]
+    unload(guest, b)
+    assert "PykpatchReads" not in guest.check("cat /proc/1/status")
+
+
+def test_callbacks_run_at_patch_and_unpatch(built, healthy):
+    guest, b = healthy, ok(built("callbacks.patch"))
+    load(guest, b)
+    assert guest.check("cat /proc/loadavg").rstrip().endswith(" pykpatch")
+    lines = [l.split("pykpatch-callbacks: ")[1] for l in guest.dmesg().splitlines()
+             if "pykpatch-callbacks:" in l]
+    assert lines == ["pre_patch vmlinux", "post_patch vmlinux"]
+    unload(guest, b)
+    lines = [l.split("pykpatch-callbacks: ")[1] for l in guest.dmesg().splitlines()
+             if "pykpatch-callbacks:" in l]
+    assert lines[2:] == ["pre_unpatch vmlinux", "post_unpatch vmlinux"]
+
+
+def test_static_local_variable(built, healthy):
+    guest, b = healthy, ok(built("static-local.patch"))
+    load(guest, b)
+    assert guest.check("cat /proc/cmdline").rstrip().endswith("pykpatch-reads=1")
+    assert guest.check("cat /proc/cmdline").rstrip().endswith("pykpatch-reads=2")
+    unload(guest, b)
+
+
+def test_static_key_of_the_kernel_image(built, healthy):
+    guest, b = healthy, ok(built("static-key.patch"))
+    sections = subprocess.run(["readelf", "-S", "--wide", str(b.module)], capture_output=True,
+                              text=True).stdout
+    assert "__jump_table" in sections
+    smt = guest.check("cat /sys/devices/system/cpu/smt/active").strip()
+    load(guest, b)
+    assert guest.check("cat /proc/version").endswith(f"pykpatch: smt={smt}\n")
+    unload(guest, b)
+
+
+def test_function_with_a_tracepoint(built, healthy):
+    guest, b = healthy, ok(built("comm-tracepoint.patch"))
+    rename = "sh -c 'echo pykpatch-comm > /proc/$$/comm; cat /proc/$$/comm'"
+    assert guest.check(rename).strip() == "pykpatch-comm"
+    load(guest, b)
+    assert guest.check(rename).strip() == "pykpatch-live"
+    # The tracepoint inside the new function still fires.
+    guest.check("mountpoint -q /sys/kernel/tracing || mount -t tracefs none /sys/kernel/tracing")
+    guest.check("echo > /sys/kernel/tracing/trace; echo 1 > /sys/kernel/tracing/events/task/task_rename/enable")
+    guest.check(rename)
+    guest.check("echo 0 > /sys/kernel/tracing/events/task/task_rename/enable")
+    assert "newcomm=pykpatch-comm" in guest.check("cat /sys/kernel/tracing/trace")
+    unload(guest, b)
+    assert guest.check(rename).strip() == "pykpatch-comm"
+
+
+def test_line_number_shift_patches_only_the_changed_function(built):
+    # comm-tracepoint.patch adds lines to fs/exec.c above functions with
+    # WARN_ON_ONCE and BUG_ON, whose line numbers all move.
+    b = ok(built("comm-tracepoint.patch"))
+    assert b.functions() == ["__set_task_comm"]
+
+
+def test_function_with_a_user_copy(built, healthy):
+    guest, b = healthy, ok(built("usercopy-filldir64.patch"))
+    sections = subprocess.run(["readelf", "-S", "--wide", str(b.module)], capture_output=True,
+                              text=True).stdout
+    assert "__ex_table" in sections
+    guest.check("mkdir -p /tmp/d && touch /tmp/d/pykpatch-hidden /tmp/d/visible")
+    assert guest.check("ls /tmp/d").split() == ["pykpatch-hidden", "visible"]
+    load(guest, b)
+    assert guest.check("ls /tmp/d").split() == ["visible"]
+    unload(guest, b)
+    assert guest.check("ls /tmp/d").split() == ["pykpatch-hidden", "visible"]
+
+
+def test_syscall_behaviour(built, healthy):
+    guest, b = healthy, ok(built("syscall-uname.patch"))
+    assert guest.check("uname -s").strip() == "Linux"
+    load(guest, b)
+    assert guest.check("uname -s").strip() == "pykpatch"
+    unload(guest, b)
+    assert guest.check("uname -s").strip() == "Linux"
+
+
+def test_five_files_at_once(built, healthy):
+    guest, b = healthy, ok(built("five-files.patch"))
+    assert len(b.report["objects"]) == 5
+    load(guest, b)
+    assert guest.check("cat /proc/cmdline").rstrip().endswith("pykpatch=five")
+    assert guest.check("cat /proc/version").endswith("pykpatch: five files\n")
+    assert guest.check("cat /proc/loadavg").rstrip().endswith(" five")
+    assert guest.check("cat /proc/uptime").rstrip().endswith(" five")
+    assert guest.check("awk '/^PykpatchFive/ {print $2}' /proc/meminfo").strip() == "20"
+    unload(guest, b)
+    assert "five" not in guest.check("cat /proc/cmdline /proc/version /proc/loadavg /proc/uptime")
+
+
+def test_two_patches_in_a_row_with_atomic_replace(built, healthy):
+    guest = healthy
+    first, second = ok(built("cmdline-string.patch")), ok(built("cmdline-second.patch"))
+    load(guest, first)
+    load(guest, second)
+    # Replace: once the second patch's transition is over, the first is disabled.
+    wait_for(guest, f"[ ! -d /sys/kernel/livepatch/{first.name} ]")
+    assert guest.check("cat /proc/cmdline").rstrip().endswith("pykpatch=second")
+    guest.check(f"rmmod {first.name}")
+    assert guest.check("cat /proc/cmdline").rstrip().endswith("pykpatch=second")
+    unload(guest, second)
+    assert "pykpatch" not in guest.check("cat /proc/cmdline")
+
+
+# -- refusals --------------------------------------------------------------------
+
+def _tree_digest(kernel, rel: str) -> str:
+    return hashlib.sha256((kernel.source_tree() / rel).read_bytes()).hexdigest()
+
+
+def test_changed_init_function_is_refused(built, kernel):
+    before = _tree_digest(kernel, "fs/proc/cmdline.c")
+    b = built("init-function-FAIL.patch")
+    assert b.rc == 1
+    assert "proc_cmdline_init" in b.stderr and "__init" in b.stderr
+    assert "Traceback" not in b.stderr
+    assert _tree_digest(kernel, "fs/proc/cmdline.c") == before
+
+
+def test_patch_that_does_not_apply_is_refused_with_patchs_message(kernel, tmp_path):
+    before = _tree_digest(kernel, "fs/proc/cmdline.c")
+    bad = tmp_path / "stale.patch"
+    bad.write_text((EXAMPLES / "cmdline-string.patch").read_text().replace(
+        "seq_puts(m, saved_command_line);", "seq_puts(m, saved_command_line_gone);"))
+    b = kpatch_build(kernel.release.release, tmp_path, [bad])
+    assert b.rc == 1
+    assert "stale.patch does not apply" in b.stderr
+    assert "FAILED" in b.stderr  # patch's own words: "Hunk #1 FAILED at 7."
+    assert _tree_digest(kernel, "fs/proc/cmdline.c") == before
+    assert not (kernel.source_tree() / ".pykpatch-backup").exists()
