@@ -78,11 +78,11 @@ def describe_change(old: Layout, new: Layout) -> str:
         parts.append(f"size {old.size} -> {new.size}")
     old_members = {m[0]: m for m in old.members}
     new_members = {m[0]: m for m in new.members}
-    for name in new_members.keys() - old_members.keys():
+    for name in sorted(new_members.keys() - old_members.keys()):
         parts.append(f"member '{name}' added at offset {new_members[name][1]}")
-    for name in old_members.keys() - new_members.keys():
+    for name in sorted(old_members.keys() - new_members.keys()):
         parts.append(f"member '{name}' removed")
-    for name in old_members.keys() & new_members.keys():
+    for name in sorted(old_members.keys() & new_members.keys(), key=lambda n: new_members[n][1]):
         if old_members[name] != new_members[name]:
             parts.append(f"member '{name}' moved from offset {old_members[name][1]} "
                          f"to {new_members[name][1]}")

@@ -133,6 +133,8 @@ class ObjectIndex:
         return deps
 
     def _deps_of(self, obj: KernelObject) -> List[str]:
+        if not (self.tree / obj.src).is_file():
+            return []  # generated at build time (vdso images...): nothing a patch reaches
         argv = shlex.split(obj.command)
         argv = [a for a in argv if not a.startswith("-Wp,-MMD")]
         out_at = argv.index("-o")

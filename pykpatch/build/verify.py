@@ -51,11 +51,16 @@ class TargetBinary:
             self._load()
         return self._symbols.get(name, [])
 
+    def file_offset(self, sym: SymbolEntry) -> int:
+        """Where *sym*'s bytes are in the file."""
+        if self._headers is None:
+            self._load()
+        _name, _type, _flags, addr, offset = self._headers[sym.shndx][:5]
+        return sym.value - addr + offset
+
     def code(self, sym: SymbolEntry) -> bytes:
-        _name, _type, _flags, addr, offset, size = self._headers[sym.shndx][:6]
-        start = sym.value - addr + offset
         with open(self.path, "rb") as fh:
-            fh.seek(start)
+            fh.seek(self.file_offset(sym))
             return fh.read(sym.size)
 
 

@@ -1,6 +1,7 @@
 """kpatch-build end to end: patches built for the real Debian kernel, loaded in it."""
 
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def test_static_key_of_the_kernel_image(built, healthy):
 
 def test_function_with_a_tracepoint(built, healthy):
     guest, b = healthy, ok(built("comm-tracepoint.patch"))
-    rename = "sh -c 'echo pykpatch-comm > /proc/$$/comm; cat /proc/$$/comm'"
+    rename = "sh -c 'printf pykpatch-comm > /proc/$$/comm; cat /proc/$$/comm'"
     assert guest.check(rename).strip() == "pykpatch-comm"
     load(guest, b)
     assert guest.check(rename).strip() == "pykpatch-live"
@@ -223,7 +224,33 @@ def test_two_patches_in_a_row_with_atomic_replace(built, healthy):
     guest.check(f"rmmod {first.name}")
     assert guest.check("cat /proc/cmdline").rstrip().endswith("pykpatch=second")
     unload(guest, second)
-    assert "pykpatch" not in guest.check("cat /proc/cmdline")
+    assert "pykpatch=" not in guest.check("cat /proc/cmdline")
+
+
+INOTIFY_MASK = """python3 -c '
+import ctypes
+libc = ctypes.CDLL(None)
+fd = libc.inotify_init()
+libc.inotify_add_watch(fd, b"/tmp", 0x100)
+info = open("/proc/self/fdinfo/%d" % fd).read()
+print(info.split("mask:")[1].split()[0])
+'"""
+
+
+def test_changed_static_inline_in_a_header_patches_its_callers(built, healthy):
+    # fs/notify/inotify/inotify.h's inotify_mark_user_mask() is inlined into
+    # inotify_fdinfo() (fs/notify/fdinfo.c), which shows it in fdinfo.
+    guest, b = healthy, ok(built("header-static-inline.patch"))
+    objects = {o["object"]: o for o in b.report["objects"]}
+    assert set(objects) == {"fs/notify/fdinfo.o", "fs/notify/inotify/inotify_fsnotify.o",
+                            "fs/notify/inotify/inotify_user.o"}
+    assert all(o["why"] == "includes fs/notify/inotify/inotify.h" for o in objects.values())
+    assert b.functions(patched_only=True) == ["inotify_fdinfo"]
+    assert guest.check(INOTIFY_MASK).strip() == "100"
+    load(guest, b)
+    assert guest.check(INOTIFY_MASK).strip() == "40000100"
+    unload(guest, b)
+    assert guest.check(INOTIFY_MASK).strip() == "100"
 
 
 # -- refusals --------------------------------------------------------------------
@@ -252,3 +279,32 @@ def test_patch_that_does_not_apply_is_refused_with_patchs_message(kernel, tmp_pa
     assert "FAILED" in b.stderr  # patch's own words: "Hunk #1 FAILED at 7."
     assert _tree_digest(kernel, "fs/proc/cmdline.c") == before
     assert not (kernel.source_tree() / ".pykpatch-backup").exists()
+
+
+def test_source_that_does_not_match_the_kernel_is_refused(kernel, tmp_path):
+    """A vmlinux whose cmdline_proc_show differs from what the source compiles to."""
+    from pykpatch.build.verify import TargetBinary
+
+    doctored = tmp_path / "vmlinux"
+    shutil.copyfile(kernel.vmlinux, doctored)
+    binary = TargetBinary(doctored)
+    func = binary.candidates("cmdline_proc_show")[0]
+    with open(doctored, "r+b") as f:
+        f.seek(binary.file_offset(func) + 5)  # right after the 5-byte __fentry__ call
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    b = kpatch_build(kernel.release.release, tmp_path, [EXAMPLES / "cmdline-string.patch"],
+                     "-v", str(doctored))
+    assert b.rc == 1
+    assert "cmdline_proc_show: the source does not match the running kernel" in b.stderr
+    assert not list(tmp_path.glob("*.ko"))
+
+
+def test_changed_struct_layout_in_a_header_is_refused(built):
+    b = built("struct-layout-FAIL.patch")
+    assert b.rc == 1
+    assert "struct inotify_event_info changes layout (size 32 -> 40; member 'pykpatch_flags' " \
+           "added at offset 20" in b.stderr
+    assert "shadow variable" in b.stderr
+    assert "Traceback" not in b.stderr

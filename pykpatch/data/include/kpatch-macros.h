@@ -44,7 +44,7 @@ struct pykpatch_callback_entry {
 	static ret (*__pykpatch_##kind##_type_##_fn)(patch_object *)		\
 		__maybe_unused = _fn;						\
 	static struct pykpatch_callback_entry __pykpatch_##kind##_##_fn		\
-	__used __section(".pykpatch.callbacks." #kind) = {			\
+	__used __aligned(8) __section(".pykpatch.callbacks." #kind) = {	\
 		.fn = (void *)_fn,						\
 		.objname = __PYKPATCH_OBJNAME,					\
 	}

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Benchmark kpatch-build on the Debian 6.1 cloud kernel (run by hand, not a test).
+
+  cold       a fresh cache holding only the downloaded .debs: unpack the
+             source and packages, prepare the tree, list the objects,
+             then build the one-file example patch;
+  warm       the same build again, everything prepared;
+  five-file  a warm build of a patch touching five files.
+
+Usage: python3 bench/bench_kpatch_build.py [--skip-cold]
+The downloads come from the normal cache (~/.cache/pykpatch/debs); the cold
+run uses a temporary cache that links to them.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RELEASE = "6.1.0-56-cloud-amd64"
+ONE = REPO / "examples" / "cmdline-string.patch"
+FIVE = REPO / "tests" / "vm" / "patches" / "five-files.patch"
+
+
+def timed_build(cache: Path, patch: Path) -> float:
+    out = Path(tempfile.mkdtemp(prefix="bench-kb-"))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pykpatch", "build", "-k", RELEASE, "--cache-dir",
+                           str(cache), "-o", str(out), str(patch)], capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    shutil.rmtree(out)
+    if proc.returncode != 0:
+        sys.exit(f"kpatch-build failed:\n{proc.stderr}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-cold", action="store_true")
+    args = parser.parse_args()
+    main_cache = Path(os.environ.get("PYKPATCH_CACHE", Path.home() / ".cache" / "pykpatch"))
+    print(f"kpatch-build, {RELEASE}, {os.cpu_count()} cores")
+    if not args.skip_cold:
+        cold_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+        (cold_cache / "debs").symlink_to(main_cache / "debs")
+        try:
+            print(f"  cold (unpack + prepare + build): {timed_build(cold_cache, ONE):6.1f} s")
+            print(f"  warm, same cache:                {timed_build(cold_cache, ONE):6.1f} s")
+        finally:
+            shutil.rmtree(cold_cache)
+    print(f"  warm one-file patch:             {timed_build(main_cache, ONE):6.1f} s")
+    print(f"  warm five-file patch:            {timed_build(main_cache, FIVE):6.1f} s")
+
+
+if __name__ == "__main__":
+    main()
