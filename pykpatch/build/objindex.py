@@ -32,7 +32,7 @@ _INDEX_VERSION = 1
 
 _CC_LINE = re.compile(r"echo '  CC (?:\[M\]|   )  (?P<obj>\S+\.o)'")
 _GCC_CMD = re.compile(
-    r"; (?P<cmd>(?:\S*/)?gcc(?:-\d+)? -Wp,-MMD,\S+ .*? -c -o (?P<obj>\S+\.o) (?P<src>\S+\.c))\s+;")
+    r";\s+(?P<cmd>(?:\S*/)?gcc(?:-\d+)? -Wp,-MMD,\S+ .*? -c -o (?P<obj>\S+\.o) (?P<src>\S+\.c))\s+;")
 _MODNAME = re.compile(r"-DKBUILD_MODNAME='\"(?P<name>[^\"]+)\"'")
 
 

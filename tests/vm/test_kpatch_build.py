@@ -200,6 +200,14 @@ def test_syscall_behaviour(built, healthy):
     assert guest.check("uname -s").strip() == "Linux"
 
 
+def test_kpatch_syscall_macros_build_the_same_patch(built):
+    # An existing kpatch patch, using KPATCH_SYSCALL_DEFINE1 and adding an
+    # #include at the top of kernel/sys.c (every later line number moves).
+    plain, macro = ok(built("syscall-uname.patch")), ok(built("syscall-uname-kpatch-macro.patch"))
+    assert sorted(macro.functions()) == sorted(plain.functions())
+    assert sorted(macro.functions(patched_only=True)) == ["__ia32_sys_newuname", "__x64_sys_newuname"]
+
+
 def test_five_files_at_once(built, healthy):
     guest, b = healthy, ok(built("five-files.patch"))
     assert len(b.report["objects"]) == 5

@@ -45,3 +45,34 @@ def test_selftest_livepatch_changes_and_reverts_proc_cmdline(guest, build_module
     assert "livepatch: 'selftest_cmdline': unpatching complete" in dmesg
     for bad in ("Call Trace", "BUG:", "WARNING:", "Oops"):
         assert bad not in dmesg
+
+
+def test_a_guest_that_does_not_boot_is_an_error_with_its_log_and_no_qemu_left(kernel, tmp_path):
+    import subprocess
+
+    import pytest
+
+    from pykpatch.testbed.vm import Guest, GuestError
+
+    # init=/bin/false exits at once: the kernel panics, and with panic=-1 QEMU stops.
+    # (systemd mode: fast mode would put its own init= after ours.)
+    guest = Guest(kernel, mode="systemd", workdir=tmp_path / "g",
+                  cmdline_extra="pykpatch.test=1 init=/bin/false")
+    with pytest.raises(GuestError) as err:
+        with guest:
+            pass
+    assert "QEMU exited" in str(err.value)
+    assert f"log: {tmp_path / 'g' / 'console.log'}" in str(err.value)
+    assert "Kernel panic" in (tmp_path / "g" / "console.log").read_text()
+    qemus = subprocess.run(["pgrep", "-f", "pykpatch.test=1"], capture_output=True, text=True)
+    assert qemus.stdout.strip() == ""
+
+
+def test_an_unknown_release_is_an_error_naming_the_packages(tmp_path):
+    import pytest
+
+    from pykpatch.errors import KpatchError
+    from pykpatch.provider.debian import DebianKernel
+
+    with pytest.raises(KpatchError, match="linux-image-6.1.0-999-cloud-amd64-unsigned"):
+        DebianKernel("6.1.0-999-cloud-amd64", cache=tmp_path).packages

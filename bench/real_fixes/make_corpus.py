@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Make the real-fixes corpus: one patch per .c file changed between two Debian releases.
+
+Run by hand; every step is cached under ``<cache>/real-fixes`` and a rerun only
+does what is missing::
+
+    python3 bench/real_fixes/make_corpus.py          # make (or refresh) corpus.json
+    python3 bench/real_fixes/make_corpus.py --list   # print the corpus
+
+Steps:
+
+1. ``linux-source-6.1`` of both Debian versions (the older one is the source
+   of the target kernel and comes from the provider's cache); their
+   tarballs are hashed member by member (one streaming pass each, nothing
+   unpacked), and only the changed members are extracted.
+2. Which changed ``.c`` files the cloud config builds, and into what: the
+   target tree's :class:`~pykpatch.build.objindex.ObjectIndex` (kbuild's own
+   ``make -n``), so the answer is exact.  A ``.c`` that is not an object of
+   its own but is ``#include``d by one (``gcc -M`` dependencies) counts as
+   built into that object.
+3. Which of them are not single-file fixes: those including a header that
+   also changed between the versions are compiled with their patch alone
+   in the target tree; the ones that then do not compile need the header
+   change from the same commit and are recorded as ``not-single-file``.
+4. One patch per file against the older source (``diff -u``, ``a/``/``b/``).
+"""
+
+import argparse
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Dict, List, Optional, Set
+
+from common import (NEW_VERSION, OLD_VERSION, RELEASE, SOURCE_PACKAGE, corpus_dir,
+                    manifest_path, read_json, write_json)
+
+from pykpatch.build.compile import DIFF_CFLAGS
+from pykpatch.build.objindex import KernelObject, ObjectIndex
+from pykpatch.build.pipeline import INCLUDE_DIR
+from pykpatch.build.workspace import PatchedTree
+from pykpatch.errors import KpatchError
+from pykpatch.log import setup_logging
+from pykpatch.process import run
+from pykpatch.provider.debian import DebianKernel
+
+log = logging.getLogger("pykpatch")
+
+_MANIFEST_VERSION = 1
+
+
+# -- 1. the two sources, and what changed between them -----------------------------------------
+
+def source_tarball(version: str, kernel: DebianKernel) -> Path:
+    """``src/linux-source-6.1_<version>.tar.xz``, taken out of the .deb once."""
+    dest = corpus_dir() / "src" / f"{SOURCE_PACKAGE}_{version}.tar.xz"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if version == kernel.packages.version:
+        deb = kernel.deb("source")
+    else:
+        debs = corpus_dir() / "debs"
+        debs.mkdir(exist_ok=True)
+        deb = debs / f"{SOURCE_PACKAGE}_{version}_all.deb"
+        if not deb.is_file():
+            run(["apt-get", "download", "-q", f"{SOURCE_PACKAGE}={version}"], cwd=debs,
+                what=f"downloading {SOURCE_PACKAGE} {version}")
+    tmp = dest.with_name(dest.name + ".tmp")
+    member = f"./usr/src/{SOURCE_PACKAGE}.tar.xz"
+    with open(tmp, "wb") as out:
+        fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+        tar = subprocess.run(["tar", "-xO", member], stdin=fsys.stdout, stdout=out)
+        fsys.stdout.close()
+        fsys.wait()
+    if tar.returncode != 0:
+        tmp.unlink()
+        raise KpatchError(f"{deb.name} has no {member}")
+    tmp.rename(dest)
+    return dest
+
+
+def member_hashes(tarball: Path) -> Dict[str, str]:
+    """sha1 of every regular file in *tarball*, by path without the top directory (cached)."""
+    cached = tarball.with_suffix(".sha1.json")
+    hashes = read_json(cached, None)
+    if hashes is not None:
+        return hashes
+    log.info("hashing the members of %s", tarball.name)
+    hashes = {}
+    xz = subprocess.Popen(["xz", "-dc", str(tarball)], stdout=subprocess.PIPE)
+    with tarfile.open(fileobj=xz.stdout, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            f = tar.extractfile(info)
+            assert f is not None
+            hashes[info.name.split("/", 1)[1]] = hashlib.sha1(f.read()).hexdigest()
+    if xz.wait() != 0:
+        raise KpatchError(f"xz could not decompress {tarball}")
+    write_json(cached, hashes)
+    return hashes
+
+
+def extract_members(tarball: Path, paths: List[str], dest: Path) -> None:
+    """Extract *paths* (without the top directory) from *tarball* into *dest*, once."""
+    stamp = dest / ".complete"
+    if stamp.is_file() and stamp.read_text().split("\n") == sorted(paths):
+        return
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    top = SOURCE_PACKAGE  # the tarballs' top directory: linux-source-6.1/
+    listing = dest.parent / (dest.name + ".members")
+    listing.write_text("".join(f"{top}/{p}\n" for p in sorted(paths)))
+    run(["tar", "-xJf", tarball, "-C", dest, "--strip-components=1", "-T", listing],
+        what=f"extracting the changed files of {tarball.name}")
+    stamp.write_text("\n".join(sorted(paths)))
+
+
+def changed_files(old: Dict[str, str], new: Dict[str, str]) -> Dict[str, List[str]]:
+    return {
+        "modified": sorted(p for p in old if p in new and old[p] != new[p]),
+        "added": sorted(p for p in new if p not in old),
+        "deleted": sorted(p for p in old if p not in new),
+    }
+
+
+# -- 2. what the cloud config builds --------------------------------------------------------------
+
+def built_into(src: str, index: ObjectIndex, deps: Dict[str, List[str]]) -> List[KernelObject]:
+    """The objects *src* is compiled into: its own, or those that #include it."""
+    own = index.for_source(src)
+    if own is not None:
+        return [own]
+    return sorted((index.objects[s] for s, files in deps.items() if src in files and s != src),
+                  key=lambda o: o.obj)
+
+
+# -- 3. single-file or not ------------------------------------------------------------------------
+
+def compiles_alone(tree: Path, make_args: List[str], patch: Path, objects: List[KernelObject],
+                   logfile: Path) -> Optional[str]:
+    """None if the objects compile with *patch* applied, else the compiler's first errors."""
+    kcflags = f"KCFLAGS={DIFF_CFLAGS} -I{INCLUDE_DIR}"
+    with PatchedTree(tree, [patch], logfile) as patched:
+        patched.apply()
+        proc = run(["make", "-j2", *make_args, kcflags, *[o.obj for o in objects]], cwd=tree,
+                   check=False, logfile=logfile)
+    if proc.returncode == 0:
+        return None
+    errors = [line for line in proc.stdout.splitlines() if "error:" in line]
+    return "\n".join(errors[:3]) or proc.stdout.strip().splitlines()[-1]
+
+
+# -- 4. patches -----------------------------------------------------------------------------------
+
+def patch_name(path: str) -> str:
+    """``net/ipv4/tcp_input.c`` -> ``net-ipv4-tcp_input``."""
+    return path[:-2].replace("/", "-") if path.endswith(".c") else path.replace("/", "-")
+
+
+def write_patch(path: str, old_root: Path, new_root: Path, dest: Path) -> int:
+    """``diff -u`` of one file as a -p1 patch; returns the number of changed lines."""
+    proc = subprocess.run(["diff", "-u", "--label", f"a/{path}", "--label", f"b/{path}",
+                           str(old_root / path), str(new_root / path)],
+                          capture_output=True, text=True, errors="replace")
+    if proc.returncode != 1:
+        raise KpatchError(f"diff of {path} failed: {proc.stderr.strip()}")
+    text = f"Changed between Debian {SOURCE_PACKAGE} {OLD_VERSION} and {NEW_VERSION}.\n\n" + proc.stdout
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    return sum(1 for line in proc.stdout.splitlines()
+               if line[:1] in "+-" and not line.startswith(("+++", "---")))
+
+
+# -- the whole corpus ------------------------------------------------------------------------------
+
+def make_corpus() -> dict:
+    kernel = DebianKernel(RELEASE, version=OLD_VERSION)
+    if kernel.packages.version != OLD_VERSION:
+        raise KpatchError(f"{RELEASE} resolved to {kernel.packages.version}, not {OLD_VERSION}")
+    root = corpus_dir()
+    tarballs = {v: source_tarball(v, kernel) for v in (OLD_VERSION, NEW_VERSION)}
+    hashes = {v: member_hashes(t) for v, t in tarballs.items()}
+    changes = changed_files(hashes[OLD_VERSION], hashes[NEW_VERSION])
+    log.info("changed: %d modified, %d added, %d deleted files", *map(len, changes.values()))
+    old_root, new_root = root / "files" / OLD_VERSION, root / "files" / NEW_VERSION
+    extract_members(tarballs[OLD_VERSION], changes["modified"] + changes["deleted"], old_root)
+    extract_members(tarballs[NEW_VERSION], changes["modified"] + changes["added"], new_root)
+
+    tree = kernel.source_tree()
+    index = ObjectIndex(tree, kernel.make_args())
+    log.info("listing includes of every object (gcc -M, once per tree)")
+    deps = index._dependencies(2)  # src -> every file it reads; cached in the tree
+    changed_headers: Set[str] = {p for p in changes["modified"] + changes["added"]
+                                 if p.endswith(".h")}
+    logfile = root / "make_corpus.log"
+    entries = []
+    for path in changes["modified"]:
+        if not path.endswith(".c"):
+            continue
+        entries.append(_entry(path, index, deps, changed_headers, tree, kernel.make_args(),
+                              old_root, new_root, logfile))
+    for path in changes["added"]:
+        if path.endswith(".c"):
+            entries.append({"path": path, "status": "new-file", "targets": [], "objects": []})
+    for path in changes["deleted"]:
+        if path.endswith(".c"):
+            entries.append({"path": path, "status": "deleted-file", "targets": [], "objects": []})
+    manifest = {"version": _MANIFEST_VERSION, "release": RELEASE, "old": OLD_VERSION,
+                "new": NEW_VERSION, "changed_headers": sorted(changed_headers),
+                "other_changes": {k: [p for p in v if not p.endswith((".c", ".h"))]
+                                  for k, v in changes.items()},
+                "entries": entries}
+    write_json(manifest_path(), manifest)
+    return manifest
+
+
+def _entry(path: str, index: ObjectIndex, deps: Dict[str, List[str]], changed_headers: Set[str],
+           tree: Path, make_args: List[str], old_root: Path, new_root: Path,
+           logfile: Path) -> dict:
+    name = patch_name(path)
+    patch = corpus_dir() / "patches" / f"{name}.patch"
+    lines = write_patch(path, old_root, new_root, patch)
+    objects = built_into(path, index, deps)
+    entry = {"path": path, "name": name, "patch": str(patch), "lines": lines,
+             "objects": [o.obj for o in objects], "targets": sorted({o.target for o in objects})}
+    if not objects:
+        entry["status"] = "not-built"
+        return entry
+    headers = sorted({h for o in objects for h in deps.get(o.src, []) if h in changed_headers})
+    entry["changed_headers"] = headers
+    entry["status"] = "single-file"
+    if headers:
+        log.info("%s includes changed headers (%s): compiling it with its patch alone",
+                 path, ", ".join(headers))
+        error = compiles_alone(tree, make_args, patch, objects, logfile)
+        if error is not None:
+            entry["status"] = "not-single-file"
+            entry["compile_error"] = error
+    return entry
+
+
+def print_corpus(manifest: dict) -> None:
+    by_status: Dict[str, List[dict]] = {}
+    for e in manifest["entries"]:
+        by_status.setdefault(e["status"], []).append(e)
+    for status, entries in sorted(by_status.items()):
+        print(f"{status}: {len(entries)}")
+        for e in entries:
+            extra = ", ".join(e.get("targets", [])) or ""
+            if e.get("changed_headers"):
+                extra += f" (headers: {', '.join(e['changed_headers'])})"
+            print(f"  {e['path']:60} {extra}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="print the corpus (make it if needed)")
+    parser.add_argument("--force", action="store_true", help="remake corpus.json (downloads stay)")
+    parser.add_argument("-d", "--debug", action="store_true")
+    args = parser.parse_args()
+    setup_logging("make_corpus", args.debug)
+    manifest = read_json(manifest_path(), None)
+    if args.force or not manifest or manifest.get("version") != _MANIFEST_VERSION:
+        try:
+            manifest = make_corpus()
+        except KpatchError as err:
+            print(f"make_corpus: error: {err}", file=sys.stderr)
+            return 1
+    if args.list:
+        print_corpus(manifest)
+    else:
+        counts: Dict[str, int] = {}
+        for e in manifest["entries"]:
+            counts[e["status"]] = counts.get(e["status"], 0) + 1
+        print(f"corpus: {manifest_path()}: "
+              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""kpatch-build's stages that need no kernel: patches, the tree guard, object lists, layouts."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pykpatch.build.layout import layout_changes, parse_pahole
+from pykpatch.build.module import module_name
+from pykpatch.build.objindex import parse_make_dry_run
+from pykpatch.build.patchfile import refuse_unpatchable, touched_files
+from pykpatch.build.workspace import BACKUP_DIR, JOURNAL, PatchedTree, restore_tree
+from pykpatch.errors import InputError, Refusal
+
+PATCH = """\
+--- a/fs/proc/cmdline.c
++++ b/fs/proc/cmdline.c
+@@ -1,3 +1,3 @@
+ one
+-two
++TWO
+ three
+--- /dev/null
++++ b/fs/proc/new.c
+@@ -0,0 +1 @@
++created
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    (root / "fs/proc").mkdir(parents=True)
+    (root / "fs/proc/cmdline.c").write_text("one\ntwo\nthree\n")
+    return root
+
+
+def write_patch(tmp_path: Path, text: str = PATCH, name: str = "fix.patch") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_touched_files_of_a_unified_diff():
+    files = touched_files(PATCH)
+    assert [(f.path, f.created, f.kind) for f in files] == [
+        ("fs/proc/cmdline.c", False, "source"), ("fs/proc/new.c", True, "source")]
+
+
+def test_text_that_is_not_a_diff_is_bad_input():
+    with pytest.raises(InputError, match="not a unified diff"):
+        touched_files("hello\n", "notes.txt")
+
+
+def test_unpatchable_places_are_refused_all_at_once():
+    text = "".join(f"--- a/{p}\n+++ b/{p}\n@@ -1 +1 @@\n-a\n+b\n"
+                   for p in ("arch/x86/entry/entry_64.S", "lib/string.c", "fs/Makefile", "fs/ok.c"))
+    with pytest.raises(Refusal) as err:
+        refuse_unpatchable(touched_files(text), "x.patch")
+    message = str(err.value)
+    assert "entry_64.S: assembly" in message and "lib/string.c" in message
+    assert "fs/Makefile" in message and "fs/ok.c" not in message
+
+
+def test_patch_applies_inside_the_block_and_is_gone_after(tmp_path, tree):
+    with PatchedTree(tree, [write_patch(tmp_path)]) as pt:
+        pt.apply()
+        assert (tree / "fs/proc/cmdline.c").read_text() == "one\nTWO\nthree\n"
+        assert (tree / "fs/proc/new.c").exists()
+    assert (tree / "fs/proc/cmdline.c").read_text() == "one\ntwo\nthree\n"
+    assert not (tree / "fs/proc/new.c").exists()
+    assert not (tree / BACKUP_DIR).exists()
+
+
+def test_an_error_inside_the_block_still_restores(tmp_path, tree):
+    with pytest.raises(RuntimeError):
+        with PatchedTree(tree, [write_patch(tmp_path)]) as pt:
+            pt.apply()
+            raise RuntimeError("compiler crashed")
+    assert (tree / "fs/proc/cmdline.c").read_text() == "one\ntwo\nthree\n"
+
+
+def test_second_patch_that_does_not_apply_undoes_the_first(tmp_path, tree):
+    bad = write_patch(tmp_path, PATCH.replace("-two", "-zwei").split("--- /dev/null")[0], "bad.patch")
+    with PatchedTree(tree, [write_patch(tmp_path), bad]) as pt:
+        with pytest.raises(Refusal, match="bad.patch does not apply") as err:
+            pt.apply()
+        assert "FAILED" in str(err.value) or "Reversed" in str(err.value)
+        assert (tree / "fs/proc/cmdline.c").read_text() == "one\ntwo\nthree\n"
+        assert not (tree / "fs/proc/new.c").exists()
+
+
+def test_a_killed_build_is_undone_by_the_next_one(tmp_path, tree):
+    patch = write_patch(tmp_path)
+    # Simulate a build killed with the patch applied: the journal stays behind.
+    pt = PatchedTree(tree, [patch])
+    pt._save_originals()
+    subprocess.run(["patch", "-p1", "-s", "-i", str(patch)], cwd=tree, check=True)
+    assert (tree / BACKUP_DIR / JOURNAL).exists()
+    with PatchedTree(tree, []):
+        assert (tree / "fs/proc/cmdline.c").read_text() == "one\ntwo\nthree\n"
+        assert not (tree / "fs/proc/new.c").exists()
+
+
+def test_restored_files_are_newer_than_objects_built_from_the_patch(tmp_path, tree):
+    with PatchedTree(tree, [write_patch(tmp_path)]) as pt:
+        pt.apply()
+        obj = tree / "fs/proc/cmdline.o"
+        obj.write_text("built from the patched text")
+    assert (tree / "fs/proc/cmdline.c").stat().st_mtime >= obj.stat().st_mtime
+
+
+MAKE_N = (
+    "set -e;  echo '  CC      fs/proc/cmdline.o';  trap 'rm -f fs/proc/cmdline.o' HUP; "
+    "gcc-12 -Wp,-MMD,fs/proc/.cmdline.o.d -nostdinc -I./include -O2 "
+    "-DKBUILD_MODFILE='\"fs/proc/proc\"' -DKBUILD_BASENAME='\"cmdline\"' "
+    "-DKBUILD_MODNAME='\"proc\"' -D__KBUILD_MODNAME=kmod_proc -c -o fs/proc/cmdline.o fs/proc/cmdline.c   ; "
+    "./tools/objtool/objtool --orc fs/proc/cmdline.o\n"
+    "set -e;  echo '  CC [M]  fs/ext4/super.o';  "
+    "gcc-12 -Wp,-MMD,fs/ext4/.super.o.d -nostdinc -O2  -DMODULE  -DKBUILD_BASENAME='\"super\"' "
+    "-DKBUILD_MODNAME='\"ext4\"' -D__KBUILD_MODNAME=kmod_ext4 -c -o fs/ext4/super.o fs/ext4/super.c   ; x\n"
+    "set -e;  echo '  AR      fs/built-in.a'; ar cDPrST fs/built-in.a\n"
+)
+
+
+def test_objects_and_their_destination_come_from_kbuilds_dry_run():
+    objects = parse_make_dry_run(MAKE_N)
+    assert set(objects) == {"fs/proc/cmdline.c", "fs/ext4/super.c"}
+    assert objects["fs/proc/cmdline.c"].target == "vmlinux"
+    assert objects["fs/ext4/super.c"].target == "ext4"
+    assert objects["fs/ext4/super.c"].command.endswith("-c -o fs/ext4/super.o fs/ext4/super.c")
+
+
+@pytest.mark.parametrize("patches,name,expected", [
+    (["fix.patch"], "", "livepatch-fix"),
+    (["a.patch", "b.patch"], "", "livepatch-patch"),
+    (["x.patch"], "my fix!", "my-fix-"),
+    (["x.patch"], "n" * 80, "n" * 55),
+])
+def test_module_names_follow_kpatch(patches, name, expected):
+    assert module_name([Path(p) for p in patches], name) == expected
+
+
+PAHOLE_BEFORE = """struct pair {
+\tint                        a;                    /*     0     4 */
+\tint                        b;                    /*     4     4 */
+
+\t/* size: 8, cachelines: 1, members: 2 */
+};
+struct other {
+\tlong                       x;                    /*     0     8 */
+
+\t/* size: 8, cachelines: 1, members: 1 */
+};
+"""
+
+
+def test_pahole_layouts_are_parsed():
+    layouts = parse_pahole(PAHOLE_BEFORE)
+    assert layouts["struct pair"].key() == (8, [("a", 0, 4), ("b", 4, 4)])
+    assert layouts["struct other"].size == 8
+
+
+def test_a_moved_member_is_a_layout_change(tmp_path, monkeypatch):
+    after = PAHOLE_BEFORE.replace("b;                    /*     4     4 */",
+                                  "b;                    /*     8     4 */").replace("size: 8,", "size: 12,", 1)
+    outputs = {"orig.o": PAHOLE_BEFORE, "patched.o": after}
+    monkeypatch.setattr("pykpatch.build.layout.struct_layouts",
+                        lambda p: parse_pahole(outputs[Path(p).name]))
+    changes = layout_changes(Path("orig.o"), Path("patched.o"))
+    assert len(changes) == 1
+    assert changes[0].startswith("struct pair changes layout (size 8 -> 12; member 'b' moved "
+                                 "from offset 4 to 8)")
