@@ -33,7 +33,17 @@ _INDEX_VERSION = 1
 _CC_LINE = re.compile(r"echo '  CC (?:\[M\]|   )  (?P<obj>\S+\.o)'")
 _GCC_CMD = re.compile(
     r";\s+(?P<cmd>(?:\S*/)?gcc(?:-\d+)? -Wp,-MMD,\S+ .*? -c -o (?P<obj>\S+\.o) (?P<src>\S+\.c))\s+;")
+_MISSING_SOURCE = re.compile(r"No rule to make target '(?P<path>[^']+\.[chS])'")
 _MODNAME = re.compile(r"-DKBUILD_MODNAME='\"(?P<name>[^\"]+)\"'")
+
+
+class IncompleteTree(KpatchError):
+    """The build wants sources the tree does not have (see DebianKernel.source_exclusions)."""
+
+    def __init__(self, missing: List[str]) -> None:
+        super().__init__(f"the source tree lacks {len(missing)} file(s) the build needs, "
+                         f"e.g. {missing[0]}")
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,9 @@ class ObjectIndex:
         # compile command has been printed by then.
         proc = run(["make", "-n", "-k", *self.make_args, "vmlinux", "modules"], cwd=self.tree,
                    check=False, what="listing the kernel's objects (make -n)")
+        missing = sorted(set(_MISSING_SOURCE.findall(proc.stdout)))
+        if missing:
+            raise IncompleteTree(missing)
         objects = parse_make_dry_run(proc.stdout)
         if not objects:
             raise KpatchError(f"make -n in {self.tree} listed no objects", log=str(self.logfile))

@@ -18,7 +18,7 @@ from pykpatch.build.compile import compile_objects
 from pykpatch.build.compiler import check_compiler
 from pykpatch.build.layout import layout_changes
 from pykpatch.build.module import ModuleInputs, check_module, link_module, module_name
-from pykpatch.build.objindex import KernelObject, ObjectIndex
+from pykpatch.build.objindex import KernelObject
 from pykpatch.build.structsizes import struct_sizes
 from pykpatch.build.target import Target, custom_target, debian_target
 from pykpatch.build.verify import TargetBinary, verify_original
@@ -81,7 +81,7 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
         check_compiler(target)
     progress.stage("finding the objects the patch changes")
     affected = find_affected(patches, target, opts.jobs)
-    sizes = struct_sizes(target.tree, ObjectIndex(target.tree, target.make_args))
+    sizes = struct_sizes(target.tree, target.index)
     work = Path(tempfile.mkdtemp(prefix=f"kpatch-build-{name}-"))
     try:
         orig, patched = compile_twice(target, patches, affected, work, opts.jobs, logfile, progress)
@@ -118,9 +118,7 @@ def resolve_target(opts: BuildOptions) -> Target:
 
 
 def find_affected(patches: List[Path], target: Target, jobs: int) -> AffectedObjects:
-    files = patch_files(patches)
-    index = ObjectIndex(target.tree, target.make_args)
-    return affected_objects(files, index, jobs)
+    return affected_objects(patch_files(patches), target.index, jobs)
 
 
 def compile_twice(target: Target, patches: List[Path], affected: AffectedObjects, work: Path,

@@ -1,13 +1,17 @@
 """The kernel a patch is built for, and everything about it the build reads."""
 
-import os
+import logging
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from pykpatch.build.objindex import IncompleteTree, ObjectIndex
 from pykpatch.errors import InputError, KpatchError
 from pykpatch.provider.debian import DebianKernel
+
+log = logging.getLogger("pykpatch")
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Target:
     modules_dir: Optional[Path]
     config: Path
     vmlinux: Optional[Path]
+    index: ObjectIndex
 
     @property
     def symvers(self) -> Path:
@@ -53,13 +58,32 @@ def debian_target(release: Optional[str], cache: Optional[Path], jobs: int,
                   vmlinux: Optional[Path], kallsyms: Optional[Path]) -> Target:
     """A target from Debian's packages, fetched and prepared through the cache."""
     kernel = DebianKernel(release or running_release(), cache=cache)
-    tree = kernel.source_tree(jobs=jobs)
-    dbg = None if (vmlinux or kallsyms) else kernel.vmlinux
+    kernel.download_all()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Unpacking the debug vmlinux is one xz stream on one core: let it run
+        # while the source tree is prepared.
+        dbg = None if (vmlinux or kallsyms) else pool.submit(lambda: kernel.vmlinux)
+        tree, index = _prepared_tree(kernel, jobs)
+        dbg_path = dbg.result() if dbg else None
     return Target(
         release=kernel.release.release, tree=tree, make_args=kernel.make_args(),
-        headers_dir=kernel.headers_dir, symbols=Path(kallsyms or vmlinux or dbg),
-        modules_dir=kernel.modules_dir, config=kernel.config, vmlinux=vmlinux or dbg,
+        headers_dir=kernel.headers_dir, symbols=Path(kallsyms or vmlinux or dbg_path),
+        modules_dir=kernel.modules_dir, config=kernel.config, vmlinux=vmlinux or dbg_path,
+        index=index,
     )
+
+
+def _prepared_tree(kernel: DebianKernel, jobs: int) -> "tuple[Path, ObjectIndex]":
+    """The tree and its object index; unpacked in full if the lean tree lacks a source."""
+    tree = kernel.source_tree(jobs=jobs)
+    index = ObjectIndex(tree, kernel.make_args())
+    try:
+        index.objects
+    except IncompleteTree as missing:
+        log.warning("%s; unpacking the whole source", missing)
+        tree = kernel.source_tree(jobs=jobs, full=True)
+        index = ObjectIndex(tree, kernel.make_args())
+    return tree, index
 
 
 def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Path],
@@ -78,9 +102,11 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
     if not (headers_dir / "Module.symvers").is_file():
         raise InputError(f"{headers_dir} has no Module.symvers; give --headers DIR")
     rel = release or (tree / "include/config/kernel.release").read_text().strip()
+    make_args = [f"KERNELRELEASE={rel}"]
     return Target(
-        release=rel, tree=tree, make_args=[f"KERNELRELEASE={rel}"], headers_dir=headers_dir,
+        release=rel, tree=tree, make_args=make_args, headers_dir=headers_dir,
         symbols=Path(symbols), modules_dir=modules_dir, config=tree / ".config", vmlinux=vmlinux,
+        index=ObjectIndex(tree, make_args),
     )
 
 

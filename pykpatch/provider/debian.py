@@ -43,6 +43,11 @@ PINNED_VERSIONS: Dict[str, str] = {
 
 _RELEASE_RE = re.compile(r"^(?P<series>\d+\.\d+)\.\d+-(?P<abinum>\d+)-(?P<flavour>[a-z0-9-]+)$")
 
+# Every architecture directory of the kernel source but x86's.
+_OTHER_ARCHES = ("alpha", "arc", "arm", "arm64", "csky", "hexagon", "ia64", "loongarch", "m68k",
+                 "microblaze", "mips", "nios2", "openrisc", "parisc", "powerpc", "riscv", "s390",
+                 "sh", "sparc", "um", "xtensa")
+
 # Packages whose version must be exactly the kernel's.  linux-kbuild-<series>
 # holds host tools (modpost, fixdep) shared by all ABIs of a series; the
 # archive keeps fewer of its versions, so it may fall back (logged).
@@ -336,13 +341,15 @@ class DebianKernel:
         material += " ".join(self.make_args()).encode()
         return hashlib.sha256(material).hexdigest()[:12]
 
-    def source_tree(self, jobs: int = 2) -> Path:
+    def source_tree(self, jobs: int = 2, full: bool = False) -> Path:
         """The prepared source tree (``olddefconfig`` + ``modules_prepare``), made once.
 
+        By default parts an x86 build of this config never reads are left
+        packed (see :meth:`source_exclusions`); ``full`` unpacks everything.
         The stamp file is written last: a tree without it is a leftover of an
         interrupted run and is made again from scratch.
         """
-        target = self.kernel_dir / f"tree-{self.tree_key()}"
+        target = self.kernel_dir / f"tree-{self.tree_key()}{'-full' if full else ''}"
         stamp = target / ".pykpatch-prepared"
         if stamp.is_file():
             return target
@@ -350,7 +357,7 @@ class DebianKernel:
             shutil.rmtree(target)
         target.mkdir(parents=True)
         try:
-            self._unpack_source(target)
+            self._unpack_source(target, [] if full else self.source_exclusions())
             self._prepare(target, jobs, self.kernel_dir / "prepare.log")
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
@@ -358,13 +365,33 @@ class DebianKernel:
         stamp.write_text(self.packages.version + "\n")
         return target
 
-    def _unpack_source(self, dest: Path) -> None:
+    def source_exclusions(self) -> List[str]:
+        """tar patterns for what an x86-64 build of this config never reads.
+
+        Writing the 1.3 GB tree is most of a cold build's time, so these stay
+        packed: the code of other architectures (kbuild compiles only
+        arch/x86; kconfig still reads every arch's Kconfig files, so those
+        stay), the documentation below its top Kconfig, perf and the
+        selftests, and, when the config has no DRM, the C sources and headers
+        of the graphics drivers (460 MB; their Kconfig files and Makefiles are
+        kept, kconfig reads them all).  Should a build still want an excluded
+        file, the object index notices and the tree is unpacked in full.
+        """
+        top = "*/"
+        patterns = [f"{top}Documentation/*/*", f"{top}tools/perf", f"{top}tools/testing"]
+        patterns += [f"{top}arch/{arch}/*.{ext}" for arch in _OTHER_ARCHES
+                     for ext in ("[chS]", "dts", "dtsi")]
+        if not re.search(r"^CONFIG_DRM=[ym]$", self.config.read_text(), re.M):
+            patterns += [f"{top}drivers/gpu/drm/*/*.[ch]"]
+        return patterns
+
+    def _unpack_source(self, dest: Path, exclude: Sequence[str] = ()) -> None:
         src_root = self._unpacked("source", ["source"])
         tarballs = list((src_root / "usr/src").glob("linux-source-*.tar.*"))
         if not tarballs:
             raise KpatchError(f"{self.deb('source').name} holds no source tarball")
-        run(["tar", "-xaf", tarballs[0], "-C", dest, "--strip-components=1"],
-            what="unpacking the kernel source")
+        run(["tar", "-xaf", tarballs[0], "-C", dest, "--strip-components=1",
+             *[f"--exclude={p}" for p in exclude]], what="unpacking the kernel source")
 
     def _prepare(self, tree: Path, jobs: int, logfile: Path) -> None:
         shutil.copyfile(self.config, tree / ".config")

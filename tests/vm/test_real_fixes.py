@@ -1,0 +1,93 @@
+"""Real stable-kernel fixes, built for the Debian kernel they fix and loaded in it.
+
+A sample of the corpus of ``bench/real_fixes`` (see docs/real-fixes.md): each
+patch under ``real_fixes/`` is one ``.c`` file's change between Debian's
+linux-source-6.1 6.1.190-1 and 6.1.192-1, built here for
+6.1.0-54-cloud-amd64 (Debian 6.1.190-1).  Each one either builds and loads
+cleanly (for a module patch: with the target module loaded before the patch,
+and again loaded after it) or is refused with a reason the author can act on.
+"""
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from kpatch_build_support import Build, kernel_health, kpatch_build, load, unload, wait_for
+from pykpatch.kernel.livepatch import SYSFS_LIVEPATCH
+from pykpatch.provider.debian import DebianKernel
+from pykpatch.testbed.vm import Guest
+
+RELEASE = "6.1.0-54-cloud-amd64"
+FIXES = Path(__file__).parent / "real_fixes"
+
+# patch file -> where it goes (vmlinux or the module's name)
+LOADS = {
+}
+
+# patch file -> a substring of the refusal
+REFUSED = {
+}
+
+
+@pytest.fixture(scope="module")
+def kernel54() -> DebianKernel:
+    return DebianKernel(RELEASE)
+
+
+@pytest.fixture(scope="module")
+def guest54(kernel54: DebianKernel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+    """The 6.1.0-54 kernel booted once for this file (fast mode)."""
+    with Guest(kernel54, workdir=tmp_path_factory.mktemp("guest54")) as g:
+        yield g
+
+
+@pytest.fixture
+def healthy54(guest54: Guest) -> Iterator[Guest]:
+    guest54.check("dmesg -C")
+    yield guest54
+    assert kernel_health(guest54) == {"bad_dmesg": [], "unexpected_taint": 0}
+
+
+def _loaded(guest: Guest, module: str) -> bool:
+    return module in guest.check("cut -d' ' -f1 /proc/modules").split()
+
+
+def _exercise_with_module(guest: Guest, b: Build, module: str) -> None:
+    """Target loaded before the patch, then loaded after it; patched both times."""
+    patched = f"{SYSFS_LIVEPATCH}/{b.name}/{module}/patched"
+    guest.check(f"modprobe {module}")
+    load(guest, b)
+    assert guest.check(f"cat {patched}").strip() == "1"
+    unload(guest, b)
+    guest.check(f"modprobe -r {module}")
+    assert not _loaded(guest, module)
+    load(guest, b)
+    guest.check(f"modprobe {module}")
+    wait_for(guest, f"[ $(cat {SYSFS_LIVEPATCH}/{b.name}/transition) = 0 ]")
+    assert guest.check(f"cat {patched}").strip() == "1"
+    unload(guest, b)
+    guest.check(f"modprobe -r {module}")
+
+
+@pytest.mark.parametrize("patch", sorted(LOADS))
+def test_real_fix_builds_and_loads_cleanly(patch: str, healthy54: Guest, tmp_path: Path) -> None:
+    b = kpatch_build(RELEASE, tmp_path, [FIXES / patch])
+    assert b.rc == 0, f"kpatch-build failed:\n{b.stderr}"
+    assert {o["target"] for o in b.report["objects"]} == {LOADS[patch]}
+    assert b.functions(patched_only=True)
+    if LOADS[patch] == "vmlinux":
+        load(healthy54, b)
+        unload(healthy54, b)
+    else:
+        _exercise_with_module(healthy54, b, LOADS[patch])
+
+
+@pytest.mark.parametrize("patch", sorted(REFUSED))
+def test_real_fix_is_refused_with_its_reason(patch: str, kernel54: DebianKernel,
+                                             tmp_path: Path) -> None:
+    b = kpatch_build(RELEASE, tmp_path, [FIXES / patch])
+    assert b.rc == 1
+    assert "Traceback" not in b.stderr
+    assert REFUSED[patch] in b.stderr
+    assert not list(tmp_path.glob("*.ko"))
