@@ -42,10 +42,16 @@ def affected_objects(files: Sequence[TouchedFile], index: ObjectIndex, jobs: int
     for f in files:
         if f.kind == "source":
             obj = index.for_source(f.path)
-            if obj is None:
-                result.not_built.append(f.path)
-            else:
+            if obj is not None:
                 result.add(obj, f"{f.path} changed")
+                continue
+            # Not an object of its own, but maybe #included by one
+            # (kernel/sched/build_policy.c includes rt.c and deadline.c).
+            users = index.objects_including(f.path, jobs)
+            if not users:
+                result.not_built.append(f.path)
+            for obj in users:
+                result.add(obj, f"includes {f.path}")
         elif f.kind == "header":
             users = index.objects_including(f.path, jobs)
             if not users:

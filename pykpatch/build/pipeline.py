@@ -63,9 +63,8 @@ class BuildResult:
 class Progress:
     """Stage announcements on stderr, with elapsed time."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self) -> None:
         self.start = time.monotonic()
-        self.quiet = quiet
 
     def stage(self, text: str) -> None:
         log.info("[%5.1fs] %s", time.monotonic() - self.start, text)
