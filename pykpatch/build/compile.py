@@ -18,8 +18,17 @@ def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[Kern
                     logfile: Path, what: str) -> Dict[str, Path]:
     """Build *objects* in *tree* with kbuild and copy them to *dest*; obj -> copy."""
     kcflags = f"{DIFF_CFLAGS} {extra_cflags}".strip()
-    run(["make", f"-j{jobs}", *make_args, f"KCFLAGS={kcflags}", *[o.obj for o in objects]],
-        cwd=tree, logfile=logfile, what=f"compiling the {what} objects")
+    argv = ["make", *make_args, f"KCFLAGS={kcflags}", *[o.obj for o in objects]]
+    proc = run([argv[0], f"-j{jobs}", *argv[1:]], cwd=tree, logfile=logfile, check=False)
+    if proc.returncode != 0 and jobs > 1 and _compiled_twice(proc.stdout):
+        # A directory listed at the top level and inside another one
+        # (arch/x86/pci/ is both): kbuild descends twice for a single target
+        # and two parallel compilers race on one .o.  One job at a time is safe.
+        proc = run(argv, cwd=tree, logfile=logfile, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+        raise KpatchError(f"compiling the {what} objects failed (exit {proc.returncode}):\n{tail}",
+                          log=str(logfile))
     copies = {}
     for o in objects:
         built = tree / o.obj
@@ -30,3 +39,8 @@ def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[Kern
         shutil.copyfile(built, copy)
         copies[o.obj] = copy
     return copies
+
+
+def _compiled_twice(output: str) -> bool:
+    lines = [line.split()[-1] for line in output.splitlines() if line.lstrip().startswith("CC ")]
+    return len(lines) != len(set(lines))

@@ -39,6 +39,11 @@ def is_special_static(sym: Symbol) -> bool:
     if sym.section is not None and sym.section.name in SPECIAL_STATIC_SECTIONS:
         return True
     name = sym.name
+    # gcc's anonymous constants (.LC5: a string or a literal), kept as symbols
+    # when referenced in mergeable sections.  Numbered per object, so the
+    # kernel's .LC5 is not the patched object's .LC5: always a fresh copy.
+    if name.startswith(".L"):
+        return True
     if name.startswith(SPECIAL_STATIC_PREFIXES) or name in SPECIAL_STATIC_NAMES:
         return True
     # Clang spells them "<function>.<name>" (optionally with a counter).
