@@ -74,12 +74,13 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
     """Run every stage; raises KpatchError (Refusal for unpatchable changes)."""
     patches = _existing_patches(opts.patches)
     name = module_name(patches, opts.name)
+    files = patch_files(patches)  # bad or unpatchable patches fail before any preparation
     progress.stage(f"target kernel {opts.release or 'running'}: preparing (cached after the first time)")
     target = resolve_target(opts)
     if not opts.skip_compiler_check:
         check_compiler(target)
     progress.stage("finding the objects the patch changes")
-    affected = find_affected(patches, target, opts.jobs)
+    affected = affected_objects(files, target.index, opts.jobs)
     sizes = struct_sizes(target.tree, target.index)
     work = Path(tempfile.mkdtemp(prefix=f"kpatch-build-{name}-"))
     try:
@@ -114,10 +115,6 @@ def resolve_target(opts: BuildOptions) -> Target:
         return custom_target(opts.sourcedir, opts.headers, opts.vmlinux, opts.kallsyms,
                              opts.release, opts.modules_dir)
     return debian_target(opts.release, opts.cache, opts.jobs, opts.vmlinux, opts.kallsyms)
-
-
-def find_affected(patches: List[Path], target: Target, jobs: int) -> AffectedObjects:
-    return affected_objects(patch_files(patches), target.index, jobs)
 
 
 def compile_twice(target: Target, patches: List[Path], affected: AffectedObjects, work: Path,

@@ -86,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"kpatch-build: error: {err}", file=sys.stderr)
-        if not err.log:
+        if not err.log and logfile.exists():
             print(f"kpatch-build: full log: {logfile}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from pykpatch.cache import cache_dir
-from pykpatch.errors import KpatchError
+from pykpatch.errors import InputError, KpatchError
 from pykpatch.process import require_tool, run
 
 log = logging.getLogger("pykpatch")
@@ -67,7 +67,7 @@ class DebianRelease:
     def parse(cls, release: str) -> "DebianRelease":
         m = _RELEASE_RE.match(release)
         if not m:
-            raise KpatchError(
+            raise InputError(
                 f"'{release}' is not a Debian kernel release "
                 "(expected something like 6.1.0-56-cloud-amd64)")
         abi = release[: release.index("-" + m["flavour"])]
