@@ -102,7 +102,10 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
     if not (headers_dir / "Module.symvers").is_file():
         raise InputError(f"{headers_dir} has no Module.symvers; give --headers DIR")
     rel = release or (tree / "include/config/kernel.release").read_text().strip()
-    make_args = [f"KERNELRELEASE={rel}"]
+    # The compiler named in the config: another one would make kbuild rerun
+    # kconfig and rewrite the tree's .config.
+    cc = (config_value(tree / ".config", "CC_VERSION_TEXT") or "gcc").split()[0]
+    make_args = [f"KERNELRELEASE={rel}", f"CC={cc}"]
     return Target(
         release=rel, tree=tree, make_args=make_args, headers_dir=headers_dir,
         symbols=Path(symbols), modules_dir=modules_dir, config=tree / ".config", vmlinux=vmlinux,

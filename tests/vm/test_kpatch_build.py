@@ -316,3 +316,16 @@ def test_changed_struct_layout_in_a_header_is_refused(built):
            "added at offset 20" in b.stderr
     assert "shadow variable" in b.stderr
     assert "Traceback" not in b.stderr
+
+
+def test_a_prepared_tree_given_with_sourcedir(kernel, tmp_path):
+    """-s/-v/--headers: the path for kernels that are not Debian's (here, the same tree)."""
+    tree = kernel.source_tree()
+    config_before = (tree / ".config").read_bytes()
+    b = kpatch_build(kernel.release.release, tmp_path, [EXAMPLES / "cmdline-string.patch"],
+                     "-s", str(tree), "-c", str(tree / ".config"), "-v", str(kernel.vmlinux),
+                     "--headers", str(kernel.headers_dir), "-n", "livepatch-sourcedir")
+    assert b.rc == 0, b.stderr
+    assert b.module.name == "livepatch-sourcedir.ko"
+    assert b.functions() == ["cmdline_proc_show"]
+    assert (tree / ".config").read_bytes() == config_before
