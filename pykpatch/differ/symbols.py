@@ -41,6 +41,7 @@ class TargetSymbol:
     bind: int
     type: int
     file: Optional[str]
+    block: int = -1  # which FILE block (several files share a name: route.c)
 
 
 @dataclass
@@ -51,10 +52,13 @@ class TargetSymbols:
     by_name: Dict[str, List[TargetSymbol]] = field(default_factory=dict)
     exported: Set[str] = field(default_factory=set)
     has_files: bool = False
+    block_locals: Dict[int, Set[str]] = field(default_factory=dict)
 
     def add(self, sym: TargetSymbol) -> None:
         self.by_name.setdefault(sym.name, []).append(sym)
         self.has_files |= sym.file is not None
+        if sym.block >= 0:
+            self.block_locals.setdefault(sym.block, set()).add(sym.name)
 
     def find(self, name: str) -> List[TargetSymbol]:
         """Every defined symbol called *name*."""
@@ -64,12 +68,16 @@ class TargetSymbols:
         """True when Module.symvers lists *name*."""
         return name in self.exported
 
-    def sympos(self, name: str, local: bool, files: Iterable[str] = ()) -> Optional[int]:
+    def sympos(self, name: str, local: bool, files: Iterable[str] = (),
+               neighbours: Iterable[str] = ()) -> Optional[int]:
         """The klp sympos of *name*, or None when the target lacks it.
 
         :param local: look for a local (file-scope) symbol.
         :param files: FILE symbol names of the object the reference comes
             from; used to pick among same-named locals.
+        :param neighbours: names of that object's own local symbols; when
+            several FILE blocks share the file name (net/ipv4/route.c and
+            net/ipv6/route.c), the block holding most of them is the object.
         :raises InputError: several candidates and nothing tells them apart.
         """
         candidates = self.find(name)
@@ -82,12 +90,24 @@ class TargetSymbols:
         if len(wanted) > 1 and local and self.has_files:
             names = set(files)
             wanted = [s for s in wanted if s.file in names]
+        if len(wanted) > 1:
+            wanted = self._closest_blocks(wanted, set(neighbours))
         if len(wanted) != 1:
             raise InputError(
                 f"{self.source}: {len(wanted) or len(candidates)} symbols named {name!r} and "
                 "nothing says which one the patched object means; pass the vmlinux/module "
                 "with FILE symbols via --symbols")
         return ranked.index(wanted[0]) + 1
+
+
+    def _closest_blocks(self, candidates: List[TargetSymbol], neighbours: Set[str]
+                        ) -> List[TargetSymbol]:
+        """The candidates whose FILE block shares the most local names with the object."""
+        if not neighbours:
+            return candidates
+        scores = [len(self.block_locals.get(c.block, set()) & neighbours) for c in candidates]
+        best = max(scores)
+        return [c for c, score in zip(candidates, scores) if score == best]
 
 
 def load_target_symbols(path: Optional[str], fallback: ElfFile, symvers: Optional[str]) -> TargetSymbols:
@@ -130,13 +150,17 @@ def _from_model(elf: ElfFile) -> TargetSymbols:
 def _from_entries(source: str, entries: Iterable[tuple]) -> TargetSymbols:
     table = TargetSymbols(source)
     current_file: Optional[str] = None
+    block = -1
     for name, value, bind, type_, shndx in entries:
         if type_ == STT_FILE:
             current_file = name
+            block += 1
             continue
         if not name or type_ == STT_SECTION or shndx == SHN_UNDEF:
             continue
-        table.add(TargetSymbol(name, value, bind, type_, current_file if bind == STB_LOCAL else None))
+        local = bind == STB_LOCAL
+        table.add(TargetSymbol(name, value, bind, type_, current_file if local else None,
+                               block if local and current_file is not None else -1))
     return table
 
 

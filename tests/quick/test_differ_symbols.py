@@ -72,3 +72,31 @@ def test_garbage_symbols_file_is_input_error(tmp_path):
     path.write_text("hello\nworld\n")
     with pytest.raises(InputError):
         load_target_symbols(str(path), fallback=None, symvers=None)
+
+
+SAME_FILE_NAME_TWICE = """\
+Symbol table '.symtab' contains 9 entries:
+   Num:    Value          Size Type    Bind   Vis      Ndx Name
+     0: 0000000000000000     0 NOTYPE  LOCAL  DEFAULT  UND
+     1: 0000000000000000     0 FILE    LOCAL  DEFAULT  ABS route.c
+     2: ffffffff81000000    10 FUNC    LOCAL  DEFAULT    1 dst_discard
+     3: ffffffff81000010    10 FUNC    LOCAL  DEFAULT    1 ipv4_mtu
+     4: ffffffff81000020    10 FUNC    LOCAL  DEFAULT    1 rt_cache_route
+     5: 0000000000000000     0 FILE    LOCAL  DEFAULT  ABS route.c
+     6: ffffffff82000000    10 FUNC    LOCAL  DEFAULT    1 dst_discard
+     7: ffffffff82000010    10 FUNC    LOCAL  DEFAULT    1 ip6_pkt_drop
+     8: ffffffff82000020    10 FUNC    GLOBAL DEFAULT    1 ip6_route_input
+"""
+
+
+def test_two_files_of_one_name_are_told_apart_by_their_other_locals(tmp_path):
+    # net/ipv4/route.c and net/ipv6/route.c both have a static dst_discard.
+    from pykpatch.differ.symbols import load_target_symbols
+
+    path = tmp_path / "symbols.txt"
+    path.write_text(SAME_FILE_NAME_TWICE)
+    table = load_target_symbols(str(path), None, None)
+    assert table.sympos("dst_discard", True, ["route.c"], ["ipv4_mtu", "rt_cache_route"]) == 1
+    assert table.sympos("dst_discard", True, ["route.c"], ["ip6_pkt_drop"]) == 2
+    with pytest.raises(InputError, match="2 symbols named 'dst_discard'"):
+        table.sympos("dst_discard", True, ["route.c"], [])
