@@ -18,16 +18,23 @@ Steps:
    ``make -n``), so the answer is exact.  A ``.c`` that is not an object of
    its own but is ``#include``d by one (``gcc -M`` dependencies) counts as
    built into that object.
-3. Which of them are not single-file fixes: those including a header that
-   also changed between the versions are compiled with their patch alone
-   in the target tree; the ones that then do not compile need the header
-   change from the same commit and are recorded as ``not-single-file``.
+3. Which of them are not single-file fixes.  Between these two releases
+   core headers changed (``list.h``, ``device.h``, ``fs.h``...), so nearly
+   every object includes some changed header; what matters is whether the
+   fix *uses* what the header change brought.  Each entry records the
+   identifiers its added lines share with what changed headers it includes
+   newly define (``header_idents``, a hint).  The proof is by trying: the
+   runner's ``kpatch-build`` compiles the patched object anyway, and a fix
+   that does not compile alone is recorded there as not single-file.
+   ``--try-compile`` does the same here, up front, for the entries with a
+   hint (about 4 s each).
 4. One patch per file against the older source (``diff -u``, ``a/``/``b/``).
 """
 
 import argparse
 import hashlib
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -179,7 +186,7 @@ def write_patch(path: str, old_root: Path, new_root: Path, dest: Path) -> int:
 
 # -- the whole corpus ------------------------------------------------------------------------------
 
-def make_corpus() -> dict:
+def make_corpus(try_compile: bool = False) -> dict:
     kernel = DebianKernel(RELEASE, version=OLD_VERSION)
     if kernel.packages.version != OLD_VERSION:
         raise KpatchError(f"{RELEASE} resolved to {kernel.packages.version}, not {OLD_VERSION}")
@@ -196,15 +203,20 @@ def make_corpus() -> dict:
     index = ObjectIndex(tree, kernel.make_args())
     log.info("listing includes of every object (gcc -M, once per tree)")
     deps = index._dependencies(2)  # src -> every file it reads; cached in the tree
-    changed_headers: Set[str] = {p for p in changes["modified"] + changes["added"]
-                                 if p.endswith(".h")}
+    changed_headers = [p for p in changes["modified"] + changes["added"] if p.endswith(".h")]
+    header_names = {h: header_new_names(h, old_root, new_root) for h in changed_headers}
+    sources = [p for p in changes["modified"] if p.endswith(".c")]
+    # Names many fixes add (err, dev, size_t...) say nothing about one header.
+    counts: Dict[str, int] = {}
+    for path in sources:
+        for name in _added_identifiers(old_root / path, new_root / path):
+            counts[name] = counts.get(name, 0) + 1
+    common = {name for name, n in counts.items() if n >= 15}
     logfile = root / "make_corpus.log"
     entries = []
-    for path in changes["modified"]:
-        if not path.endswith(".c"):
-            continue
-        entries.append(_entry(path, index, deps, changed_headers, tree, kernel.make_args(),
-                              old_root, new_root, logfile))
+    for path in sources:
+        entries.append(_entry(path, index, deps, header_names, common, tree, kernel.make_args(),
+                              old_root, new_root, logfile, try_compile))
     for path in changes["added"]:
         if path.endswith(".c"):
             entries.append({"path": path, "status": "new-file", "targets": [], "objects": []})
@@ -213,6 +225,7 @@ def make_corpus() -> dict:
             entries.append({"path": path, "status": "deleted-file", "targets": [], "objects": []})
     manifest = {"version": _MANIFEST_VERSION, "release": RELEASE, "old": OLD_VERSION,
                 "new": NEW_VERSION, "changed_headers": sorted(changed_headers),
+                "try_compile": try_compile,
                 "other_changes": {k: [p for p in v if not p.endswith((".c", ".h"))]
                                   for k, v in changes.items()},
                 "entries": entries}
@@ -220,9 +233,9 @@ def make_corpus() -> dict:
     return manifest
 
 
-def _entry(path: str, index: ObjectIndex, deps: Dict[str, List[str]], changed_headers: Set[str],
-           tree: Path, make_args: List[str], old_root: Path, new_root: Path,
-           logfile: Path) -> dict:
+def _entry(path: str, index: ObjectIndex, deps: Dict[str, List[str]],
+           header_names: Dict[str, Set[str]], common: Set[str], tree: Path, make_args: List[str],
+           old_root: Path, new_root: Path, logfile: Path, try_compile: bool) -> dict:
     name = patch_name(path)
     patch = corpus_dir() / "patches" / f"{name}.patch"
     lines = write_patch(path, old_root, new_root, patch)
@@ -232,17 +245,60 @@ def _entry(path: str, index: ObjectIndex, deps: Dict[str, List[str]], changed_he
     if not objects:
         entry["status"] = "not-built"
         return entry
-    headers = sorted({h for o in objects for h in deps.get(o.src, []) if h in changed_headers})
+    headers = sorted({h for o in objects for h in deps.get(o.src, []) if h in header_names})
+    used = _added_identifiers(old_root / path, new_root / path) - common
+    hints = {h: sorted(header_names[h] & used) for h in headers if header_names[h] & used}
     entry["changed_headers"] = headers
+    entry["header_idents"] = hints
     entry["status"] = "single-file"
-    if headers:
-        log.info("%s includes changed headers (%s): compiling it with its patch alone",
-                 path, ", ".join(headers))
+    if hints and try_compile:
+        log.info("%s uses what changed headers define (%s): compiling it with its patch alone",
+                 path, "; ".join(f"{h}: {' '.join(v[:4])}" for h, v in hints.items()))
         error = compiles_alone(tree, make_args, patch, objects, logfile)
         if error is not None:
             entry["status"] = "not-single-file"
             entry["compile_error"] = error
     return entry
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+_C_WORDS = set("""if else for while do return int char void unsigned long short signed const static
+    struct union enum sizeof break continue goto switch case default inline extern bool true
+    false NULL define include ifdef ifndef endif typeof u8 u16 u32 u64 s8 s16 s32 s64""".split())
+
+
+def _code(text: str) -> str:
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return re.sub(r"//[^\n]*", "", text)
+
+
+def _diff_code_lines(old: Path, new: Path, sign: str) -> List[str]:
+    """Code (comments dropped) of the lines a diff adds (``+``) or removes (``-``)."""
+    proc = subprocess.run(["diff", "-u", str(old) if old.is_file() else "/dev/null", str(new)],
+                          capture_output=True, text=True, errors="replace")
+    lines = []
+    for line in proc.stdout.splitlines():
+        if line.startswith(sign) and not line.startswith(sign * 3):
+            text = line[1:].strip()
+            if not text.startswith(("*", "/*")):
+                lines.append(_code(text))
+    return lines
+
+
+def _added_identifiers(old: Path, new: Path) -> Set[str]:
+    return {i for line in _diff_code_lines(old, new, "+") for i in _IDENT.findall(line)} - _C_WORDS
+
+
+def header_new_names(path: str, old_root: Path, new_root: Path) -> Set[str]:
+    """Names a header change brings: new identifiers, and functions whose declaration changed."""
+    old, new = old_root / path, new_root / path
+    old_names = set(_IDENT.findall(_code(old.read_text(errors="replace")))) if old.is_file() else set()
+    plus, minus = _diff_code_lines(old, new, "+"), _diff_code_lines(old, new, "-")
+    added = {i for line in plus for i in _IDENT.findall(line)}
+    redeclared = ({i for line in plus for i in _CALL.findall(line)}
+                  & {i for line in minus for i in _CALL.findall(line)})
+    return (added - old_names) | redeclared
 
 
 def print_corpus(manifest: dict) -> None:
@@ -262,13 +318,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print the corpus (make it if needed)")
     parser.add_argument("--force", action="store_true", help="remake corpus.json (downloads stay)")
+    parser.add_argument("--try-compile", action="store_true",
+                        help="compile each fix that uses changed headers' names with its patch alone")
     parser.add_argument("-d", "--debug", action="store_true")
     args = parser.parse_args()
     setup_logging("make_corpus", args.debug)
     manifest = read_json(manifest_path(), None)
     if args.force or not manifest or manifest.get("version") != _MANIFEST_VERSION:
         try:
-            manifest = make_corpus()
+            manifest = make_corpus(args.try_compile)
         except KpatchError as err:
             print(f"make_corpus: error: {err}", file=sys.stderr)
             return 1

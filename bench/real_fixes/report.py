@@ -119,7 +119,7 @@ def render(manifest: dict, results: dict) -> str:
     _no_change_section(w, by_outcome.get("no-change", []), patches)
     _notes_section(w, runnable, patches)
     _time_section(w, runnable, patches, results)
-    _not_single_file_section(w, entries)
+    _not_single_file_section(w, entries, by_outcome.get("not-single-file", []), patches)
     return "\n".join(out) + "\n"
 
 
@@ -132,20 +132,20 @@ def _corpus_section(w, manifest: dict) -> None:
     vml = sum(1 for e in built if e["targets"] == ["vmlinux"])
     w("## Corpus")
     w("")
-    w(f"- `.c` files that differ between the two sources: **{len(entries)}**")
+    w(f"- `.c` files that differ between the two sources: **{len(entries)}** "
+      f"({count.get('new-file', 0)} new, {count.get('deleted-file', 0)} deleted, the rest changed)")
     w(f"- built by the cloud config: **{len(built)}** ({vml} into vmlinux, "
       f"{len(built) - vml} into modules), as kbuild's own `make -n` of the target tree says")
-    w(f"- not built by this config: {count.get('not-built', 0)}; new files: "
-      f"{count.get('new-file', 0)}; deleted files: {count.get('deleted-file', 0)}")
-    w(f"- not single-file fixes (do not compile without a header change from the same release): "
-      f"{count.get('not-single-file', 0)} (listed at the end)")
-    w(f"- **single-file fixes run: {count.get('single-file', 0)}**")
+    w(f"- changed but not built by this config: {count.get('not-built', 0)}")
+    w(f"- **changed files built, each run as a single-file fix: {count.get('single-file', 0)}** "
+      "(those that turn out not to compile alone are counted as not single-file below)")
     w(f"- headers changed between the versions: {len(manifest.get('changed_headers', []))}")
     w("")
 
 
 def _outcome_section(w, runnable: List[dict], by_outcome: Dict[str, List[dict]]) -> None:
-    order = ["built and loaded cleanly", "refused", "no-change", "tool-error", "load-error",
+    order = ["built and loaded cleanly", "refused", "no-change", "not-single-file",
+             "tool-error", "load-error",
              "built, not loaded yet", "not built yet"]
     w("## Outcomes")
     w("")
@@ -159,7 +159,9 @@ def _outcome_section(w, runnable: List[dict], by_outcome: Dict[str, List[dict]])
         w(f"| {key} | {len(group)} | {vml} | {len(group) - vml} |")
     w(f"| **total** | **{len(runnable)}** | | |")
     w("")
-    w("*tool-error*: kpatch-build crashed, timed out or failed for a reason other than a "
+    w("*not-single-file*: the fix does not compile without the rest of its commit (a "
+      "header change), found by kpatch-build compiling it; listed at the end. "
+      "*tool-error*: kpatch-build crashed, timed out or failed for a reason other than a "
       "refusal; *load-error*: the module was built but did not load, transition, unload "
       "or keep the kernel quiet (dmesg, taint). Both are bugs to fix.")
     w("")
@@ -193,8 +195,13 @@ def _refusal_section(w, refused: List[dict], patches: Dict[str, dict]) -> None:
 
 def _tool_error_section(w, by_outcome: Dict[str, List[dict]], patches: Dict[str, dict]) -> None:
     errors = by_outcome.get("tool-error", []) + by_outcome.get("load-error", [])
+    suspects = [e for e in by_outcome.get("no-change", []) if suspect_no_change(_patch_text(e))]
     w("## Tool errors")
     w("")
+    if suspects:
+        w(f"Also {len(suspects)} suspect \"no change\" outcome(s), listed under No change: "
+          "the fix adds table entries kpatch-build neither carries nor refuses.")
+        w("")
     if not errors:
         w("None.")
         w("")
@@ -211,14 +218,38 @@ def _tool_error_section(w, by_outcome: Dict[str, List[dict]], patches: Dict[str,
     w("")
 
 
+# Added lines that register something in a table the kernel reads at boot or probe
+# time: a build that says "no change" for them has silently dropped the fix.
+_TABLE_ENTRY = re.compile(r"^\+\s*(DECLARE_PCI_FIXUP\w*|\w*initcall|module_param\w*|__setup|"
+                          r"early_param|EXPORT_SYMBOL\w*|DEFINE_STATIC_KEY\w*)\s*\(", re.M)
+
+
+def suspect_no_change(patch_text: str) -> List[str]:
+    """Table-registering macros the patch adds (a "no change" outcome is then wrong)."""
+    return sorted({m.group(1) for m in _TABLE_ENTRY.finditer(patch_text)})
+
+
+def _patch_text(entry: dict) -> str:
+    try:
+        with open(entry["patch"], errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _no_change_section(w, group: List[dict], patches: Dict[str, dict]) -> None:
     w("## No change")
     w("")
-    w("The fix changes no function of the compiled object (comments, code this config "
-      "compiles out, or only line numbers)." if group else "None.")
+    w("kpatch-build found no function of the compiled object changed (comments, code this "
+      "config compiles out, a `READ_ONCE` that compiles the same, or only line numbers). "
+      "Entries marked **suspect** add table entries (PCI fixups, initcalls, module "
+      "parameters...) that a livepatch cannot deliver: kpatch-build should refuse them "
+      "instead of reporting no change." if group else "None.")
     w("")
     for e in sorted(group, key=lambda e: e["path"]):
-        w(f"- `{e['path']}` ({', '.join(e['targets'])})")
+        suspect = suspect_no_change(_patch_text(e))
+        w(f"- `{e['path']}` ({', '.join(e['targets'])})"
+          + (f" -- **suspect**: adds {', '.join(suspect)}" if suspect else ""))
     if group:
         w("")
 
@@ -258,9 +289,11 @@ def _time_section(w, runnable: List[dict], patches: Dict[str, dict], results: di
         w(f"- loading in the guest, per module ({len(lsecs)} modules): median "
           f"{statistics.median(lsecs):.1f} s; sum {sum(lsecs) / 60:.1f} min; guest boots: "
           f"{results.get('guest_boots', 0)}")
-    total = sum(r["seconds"] for r in runs)
-    w(f"- **runner total (all runs, build and load phases): {total / 60:.1f} min** "
-      f"({len(runs)} phase runs)")
+    work = sum(b["seconds"] for b in builds) + sum(l["seconds"] for l in loads)
+    wall = sum(r["seconds"] for r in runs)
+    w(f"- **runner total for the corpus so far: {work / 60:.1f} min** (sum of the per-patch "
+      f"build and load times of the results above; wall time of the completed phase runs, "
+      f"including reruns: {wall / 60:.1f} min in {len(runs)} runs)")
     w("")
     w("| file | into | outcome | build s | load s |")
     w("| --- | --- | --- | ---: | ---: |")
@@ -272,16 +305,24 @@ def _time_section(w, runnable: List[dict], patches: Dict[str, dict], results: di
     w("")
 
 
-def _not_single_file_section(w, entries: List[dict]) -> None:
-    group = [e for e in entries if e["status"] == "not-single-file"]
-    w("## Not single-file fixes (skipped)")
+def _not_single_file_section(w, entries: List[dict], found: List[dict],
+                             patches: Dict[str, dict]) -> None:
+    group = [(e, e.get("compile_error") or "") for e in entries if e["status"] == "not-single-file"]
+    group += [(e, patches[e["name"]]["build"]["message"]) for e in found]
+    w("## Not single-file fixes")
+    w("")
+    w("The fix alone does not compile against the older source: it needs a header change "
+      "(or another file) from the same commit. The first compiler error, and the changed "
+      "headers whose new names the fix uses:")
     w("")
     if not group:
         w("None.")
-    for e in sorted(group, key=lambda e: e["path"]):
-        error = (e.get("compile_error") or "").splitlines()[:1]
-        w(f"- `{e['path']}` needs {', '.join(f'`{h}`' for h in e['changed_headers'])}"
-          + (f": {_md(error[0][-250:])}" if error else ""))
+    for e, message in sorted(group, key=lambda t: t[0]["path"]):
+        errors = [l.strip() for l in message.splitlines() if "error:" in l]
+        hint = ", ".join(f"`{h}`" for h in e.get("header_idents", {}))
+        w(f"- `{e['path']}` ({', '.join(e['targets'])}): "
+          + _md(errors[0][-250:] if errors else message.splitlines()[0][:200])
+          + (f" (uses names from {hint})" if hint else ""))
     w("")
     other = [e for e in entries if e["status"] == "not-built"]
     if other:

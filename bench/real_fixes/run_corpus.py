@@ -10,6 +10,8 @@ does what is missing::
     python3 bench/real_fixes/run_corpus.py load  [NAME...] [--redo]
     python3 bench/real_fixes/run_corpus.py report
     ... --budget MINUTES   stop starting new work after this long
+    ... --redo-outcome tool-error   build again what last ended so
+    ... --pykpatch DIR      kpatch-build from a snapshot of the source
 
 ``build`` runs the real ``kpatch-build`` (a subprocess, per-patch timeout)
 for the target kernel and sorts each patch into built / refused / no change
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import List
 
 import report as report_mod
-from common import RELEASE, REPORT, corpus_dir, manifest_path, read_json, results_path, write_json
+from common import RELEASE, REPO, REPORT, corpus_dir, manifest_path, read_json, results_path, write_json
 
 from pykpatch.errors import KpatchError
 from pykpatch.log import setup_logging
@@ -64,6 +66,15 @@ class Results:
         self.data = read_json(path, {})
         self.data.setdefault("patches", {})
         self.data.setdefault("runs", [])
+
+    def reclassify(self) -> None:
+        """Sort stored failures again with the current rules (they may have been refined)."""
+        for rec in self.data["patches"].values():
+            build = rec.get("build", {})
+            if build.get("outcome") not in (None, "built") and "stderr" in build:
+                timed_out = build["message"].startswith("timed out")
+                outcome, message = classify_build(build["rc"], build["stderr"], timed_out)
+                build.update(outcome=outcome, message=bounded(message))
 
     def get(self, name: str) -> dict:
         return self.data["patches"].setdefault(name, {})
@@ -103,6 +114,9 @@ def classify_build(rc: int, stderr: str, timed_out: bool) -> "tuple[str, str]":
         return "tool-error", f"killed by signal {-rc}: {message}"
     if message.startswith("no change"):
         return "no-change", message
+    if message.startswith("compiling the patched objects failed"):
+        # The original compiled: the fix needs more of its commit (a header) to compile.
+        return "not-single-file", message
     if report_mod.refusal_group(message) is not None:
         return "refused", message
     return "tool-error", message or f"exit {rc} without a message"
@@ -120,7 +134,7 @@ def _error_message(stderr: str) -> str:
     return (m.group(1) if m else stderr).strip()
 
 
-def build_one(entry: dict, out_root: Path) -> dict:
+def build_one(entry: dict, out_root: Path, source: Path = REPO) -> dict:
     name = livepatch_name(entry)
     out = out_root / name
     for old in out.glob("*"):
@@ -128,8 +142,10 @@ def build_one(entry: dict, out_root: Path) -> dict:
     argv = [sys.executable, "-m", "pykpatch", "build", "-k", RELEASE, "-o", str(out),
             "-n", name, entry["patch"]]
     started = time.monotonic()
+    # This checkout's pykpatch (or --pykpatch DIR), whatever else is installed.
+    env = dict(os.environ, PYTHONPATH=str(source))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            errors="replace", start_new_session=True)
+                            errors="replace", start_new_session=True, cwd=source, env=env)
     timed_out = False
     try:
         stdout, stderr = proc.communicate(timeout=BUILD_TIMEOUT)
@@ -154,7 +170,8 @@ def build_one(entry: dict, out_root: Path) -> dict:
     return result
 
 
-def build_phase(entries: List[dict], results: Results, redo: bool, deadline: float) -> None:
+def build_phase(entries: List[dict], results: Results, redo: bool, deadline: float,
+                source: Path = REPO) -> None:
     out_root = corpus_dir() / "out"
     todo = [e for e in entries if redo or "build" not in results.get(e["name"])]
     log.info("build: %d patch(es) to build (%d already done)", len(todo), len(entries) - len(todo))
@@ -164,7 +181,7 @@ def build_phase(entries: List[dict], results: Results, redo: bool, deadline: flo
             log.warning("build: time budget used up; %d patch(es) left for the next run",
                         len(todo) - i + 1)
             break
-        result = build_one(entry, out_root)
+        result = build_one(entry, out_root, source)
         rec = results.get(entry["name"])
         rec["build"] = result
         rec.pop("load", None)  # a new module must be loaded again
@@ -271,6 +288,12 @@ class Exercise:
 
     def cycle(self, remote: str, order: str) -> List[str]:
         """One load/transition/disable/unload cycle; returns the errors."""
+        # Modules the patch links against (modinfo depends=) other than its
+        # targets: insmod does not load them (modprobe would), and removing
+        # the target in the previous cycle may have removed them.
+        for dep in module_depends(self.ko):
+            if dep.replace("-", "_") not in [t.replace("-", "_") for t in self.targets]:
+                self.sh(f"modprobe {dep}")
         loaded_before = set(self.loaded_modules())
         ours: List[str] = []
         if order == "target-first":
@@ -341,6 +364,11 @@ class Exercise:
         return kept
 
 
+def module_depends(ko: Path) -> List[str]:
+    proc = subprocess.run(["modinfo", "-F", "depends", str(ko)], capture_output=True, text=True)
+    return [d for d in proc.stdout.strip().split(",") if d]
+
+
 def _strip_time(line: str) -> str:
     return re.sub(r"^\[\s*[\d.]+\]\s*", "", line)
 
@@ -384,8 +412,8 @@ def load_one(session: LoadSession, entry: dict, build: dict) -> dict:
     from pykpatch.testbed.vm import GuestError
     started = time.monotonic()
     ko = Path(build["module"])
+    guest = session.ensure()  # a guest that does not boot stops the phase: no module's fault
     try:
-        guest = session.ensure()
         exercise = Exercise(guest, ko, build["module_name"], entry["targets"])
         result = exercise.run()
         if exercise.dirty:
@@ -425,6 +453,12 @@ def main() -> int:
     parser.add_argument("--redo", action="store_true", help="redo these even if done")
     parser.add_argument("--budget", type=float, default=60.0, metavar="MINUTES",
                         help="start no new patch after this long (default 60)")
+    parser.add_argument("--redo-outcome", action="append", default=[], metavar="OUTCOME",
+                        help="build again the patches whose last outcome was this "
+                             "(built, tool-error, load-error...; repeatable)")
+    parser.add_argument("--pykpatch", type=Path, default=REPO, metavar="DIR",
+                        help="run kpatch-build from this copy of the source (default: this "
+                             "checkout), e.g. a snapshot while the checkout is being edited")
     parser.add_argument("-d", "--debug", action="store_true")
     args = parser.parse_args()
     setup_logging("run_corpus", args.debug)
@@ -434,11 +468,19 @@ def main() -> int:
               file=sys.stderr)
         return 1
     results = Results(results_path())
+    results.reclassify()
     deadline = time.monotonic() + args.budget * 60
     try:
         entries = runnable(manifest, args.names)
+        if args.redo_outcome:
+            for e in entries:
+                rec = results.get(e["name"])
+                last = rec.get("load", {}).get("outcome") or rec.get("build", {}).get("outcome")
+                if last in args.redo_outcome:
+                    rec.pop("build")
+                    rec.pop("load", None)
         if args.phase in ("all", "build"):
-            build_phase(entries, results, args.redo, deadline)
+            build_phase(entries, results, args.redo, deadline, args.pykpatch.resolve())
         if args.phase in ("all", "load"):
             load_phase(entries, results, args.redo, deadline)
     except KpatchError as err:

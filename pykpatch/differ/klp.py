@@ -11,13 +11,15 @@ A symbol the output needs but does not define is either
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import PurePath
 from typing import Dict, Optional
 
 from pykpatch.differ.state import DiffState
-from pykpatch.differ.symbols import TargetSymbols
+from pykpatch.differ.symbols import TargetSymbols, read_symvers_modules
 from pykpatch.elf.model import Symbol
 from pykpatch.errors import InputError
-from pykpatch.kernel.livepatch import klp_symbol_name
+from pykpatch.kernel.livepatch import VMLINUX, klp_symbol_name, module_objname
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def classify_external(state: DiffState, table: TargetSymbols, sym: Symbol) -> Op
     :raises InputError: a local the target's table does not contain.
     """
     name = kernel_name(state, sym)
-    if table.is_exported(name):
+    if table.is_exported(name) and not exported_by_target(state, name):
         return None
     defined_here = sym.section is not None
     local = sym.is_local
@@ -69,6 +71,25 @@ def classify_external(state: DiffState, table: TargetSymbols, sym: Symbol) -> Op
                 f"table {table.source}; pass the matching vmlinux or module with --symbols")
         return None
     return KlpTarget(state.options.objname, name, pos)
+
+
+def exported_by_target(state: DiffState, name: str) -> bool:
+    """Is *name* exported by the very module being patched?
+
+    Such a reference must be a klp relocation too (as in kpatch): a normal
+    one would make the patch module depend on its target, so it could not
+    be loaded before the target and would pin it.
+    """
+    objname, symvers = state.options.objname, state.options.symvers
+    if objname == VMLINUX or not symvers:
+        return False
+    exporter = _exporters(symvers).get(name)
+    return exporter is not None and module_objname(PurePath(exporter).name) == objname
+
+
+@lru_cache(maxsize=4)
+def _exporters(symvers: str) -> Dict[str, str]:
+    return read_symvers_modules(symvers)
 
 
 def decide_externals(state: DiffState, table: TargetSymbols) -> Dict[Symbol, KlpTarget]:

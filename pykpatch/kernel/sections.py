@@ -88,7 +88,9 @@ IGNORED_SECTION_PREFIXES = (".debug_", ".discard", ".llvm", ".note", ".comment",
                             ".rela.discard", ".rela.eh_frame", ".rela.BTF")
 
 # Sections holding __init/__exit code and data (gone after boot).
-INIT_SECTION_PREFIXES = (".init.", ".exit.", ".meminit.", ".ref.", ".initcall", ".con_initcall",
+# (.ref.text is not among them: __ref code may call __init code but stays
+# after boot, like text_poke_bp() in arch/x86/kernel/alternative.c.)
+INIT_SECTION_PREFIXES = (".init.", ".exit.", ".meminit.", ".initcall", ".con_initcall",
                          ".init_array", "__param", ".security_initcall", ".x86_cpu_dev.init")
 
 # Sections made of metadata tables that the build regenerates (exports,

@@ -23,10 +23,20 @@ FIXES = Path(__file__).parent / "real_fixes"
 
 # patch file -> where it goes (vmlinux or the module's name)
 LOADS = {
+    "fs-userfaultfd.patch": "vmlinux",        # references gcc .LC constants (copied, never twins)
+    "fs-dcache.patch": "vmlinux",
+    "mm-mlock.patch": "vmlinux",
+    "net-bridge-br_arp_nd_proxy.patch": "bridge",   # .LC constants in a module
+    "fs-erofs-xattr.patch": "erofs",
+    "net-sched-sch_pie.patch": "sch_pie",
 }
 
-# patch file -> a substring of the refusal
+# patch file -> a substring of the refusal (or of "no change")
 REFUSED = {
+    "net-ipv4-ipmr.patch": "ip_mr_init: changed __init code",
+    "net-netlink-genetlink.patch": "struct ctrl_dump_policy_ctx changes layout",
+    "net-openvswitch-conntrack.patch": "uses a key that lives in module openvswitch",
+    "net-ipv4-tcp_cong.patch": "no change: the patch changes no function",
 }
 
 
