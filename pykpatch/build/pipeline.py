@@ -27,7 +27,7 @@ from pykpatch.cache import cache_dir
 from pykpatch.differ.driver import Outcome, diff_objects
 from pykpatch.differ.state import Options
 from pykpatch.elf.writer import write_elf
-from pykpatch.errors import InputError, KpatchError, Refusal
+from pykpatch.errors import InputError, Refusal
 
 log = logging.getLogger("pykpatch")
 

@@ -5,7 +5,7 @@ import platform
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from pykpatch.build.objindex import IncompleteTree, ObjectIndex
 from pykpatch.errors import InputError, KpatchError

@@ -9,7 +9,6 @@ masked: the object leaves them to the linker, the binary has them filled.
 """
 
 import mmap
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, List, Optional, Sequence
 
 from pykpatch.build.patchfile import touched_files
-from pykpatch.errors import KpatchError, Refusal
+from pykpatch.errors import Refusal
 from pykpatch.process import run
 
 log = logging.getLogger("pykpatch")
@@ -120,10 +120,3 @@ def restore_tree(tree: Path) -> None:
     journal.unlink()
     shutil.rmtree(backup)
     log.debug("restored %s", tree)
-
-
-def ensure_clean(tree: Path) -> None:
-    """Raise if a journal says the tree holds a half-applied patch (for checks)."""
-    if (tree / BACKUP_DIR / JOURNAL).is_file():
-        raise KpatchError(f"{tree} holds a patch that was never removed; "
-                          "run kpatch-build again and it will restore the tree first")

@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 from pykpatch.errors import KpatchError
 from pykpatch.process import require_tool, run
