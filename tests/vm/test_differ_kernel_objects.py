@@ -27,7 +27,7 @@ from pykpatch.build.objindex import KernelObject, ObjectIndex
 from pykpatch.build.patchfile import touched_files
 from pykpatch.build.pipeline import INCLUDE_DIR
 from pykpatch.build.structsizes import struct_sizes
-from pykpatch.build.workspace import PatchedTree, ensure_clean
+from pykpatch.build.workspace import BACKUP_DIR, PatchedTree
 from pykpatch.differ.driver import DiffResult, Outcome, diff_objects
 from pykpatch.differ.state import Options
 from pykpatch.elf.symtab import read_symbol_table
@@ -310,7 +310,7 @@ def corpus(kernel, tmp_path_factory) -> Corpus:
         for patch, src in group:
             obj = objects[src]
             cases[patch.name] = Case(patch, obj, orig[obj.obj], built[obj.obj])
-    ensure_clean(tree)
+    assert not (tree / BACKUP_DIR).exists(), "a patch was left applied to the tree"
     return Corpus(kernel, tree, struct_sizes(tree, index), work, cases)
 
 
