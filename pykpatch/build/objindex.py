@@ -35,6 +35,14 @@ _GCC_CMD = re.compile(
     r";\s+(?P<cmd>(?:\S*/)?gcc(?:-\d+)? -Wp,-MMD,\S+ .*? -c -o (?P<obj>\S+\.o) (?P<src>\S+\.c))\s+;")
 _MISSING_SOURCE = re.compile(r"No rule to make target '(?P<path>[^']+\.[chS])'")
 _MODNAME = re.compile(r"-DKBUILD_MODNAME='\"(?P<name>[^\"]+)\"'")
+# Directories whose lib-y objects are archived into lib.a, from which the
+# final link takes a member only when something calls into it.
+_LIBRARY_DIRS = re.compile(r"^(lib|arch/[^/]+/lib)/")
+
+
+def may_be_archive_member(src: str) -> bool:
+    """True when *src* may be a lib.a member that vmlinux left out."""
+    return bool(_LIBRARY_DIRS.match(src))
 
 
 class IncompleteTree(KpatchError):

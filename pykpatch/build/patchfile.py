@@ -50,8 +50,6 @@ def touched_files(text: str, origin: str = "patch") -> List[TouchedFile]:
 _UNPATCHABLE = (
     (re.compile(r"\.S$"), "assembly is not compiled with function sections and has no "
                           "ftrace entries; rewrite the fix in C or leave it for a reboot"),
-    (re.compile(r"^lib/"), "lib/ objects go into lib.a and vmlinux only takes what it "
-                           "references; patch the caller instead"),
     (re.compile(r"(^|/)vdso/|^arch/x86/realmode/|^arch/x86/boot/|^arch/x86/purgatory/"),
      "this code runs outside the kernel proper (vDSO, real mode, boot, purgatory)"),
     (re.compile(r"(^|/)(Makefile|Kconfig|Kbuild)[^/]*$"), "build files change what is built, "

@@ -18,14 +18,15 @@ from pykpatch.build.compile import compile_objects
 from pykpatch.build.compiler import check_compiler
 from pykpatch.build.layout import layout_changes
 from pykpatch.build.module import ModuleInputs, check_module, link_module, module_name
-from pykpatch.build.objindex import KernelObject
+from pykpatch.build.objindex import KernelObject, may_be_archive_member
 from pykpatch.build.structsizes import struct_sizes
 from pykpatch.build.target import Target, custom_target, debian_target
-from pykpatch.build.verify import TargetBinary, verify_original
+from pykpatch.build.verify import Mismatch, TargetBinary, verify_original
 from pykpatch.build.workspace import PatchedTree
 from pykpatch.cache import cache_dir
-from pykpatch.differ.driver import Outcome, diff_objects
+from pykpatch.differ.driver import DiffResult, Outcome, diff_objects
 from pykpatch.differ.state import Options
+from pykpatch.differ.symbols import AmbiguousSymbol
 from pykpatch.elf.writer import write_elf
 from pykpatch.errors import InputError, Refusal
 
@@ -135,10 +136,32 @@ def compile_twice(target: Target, patches: List[Path], affected: AffectedObjects
     return orig, patched
 
 
-def diff_options(target: Target, obj: KernelObject, sizes: Dict[str, int], name: str) -> Options:
-    symbols = target.symbols if obj.module is None else target.module_file(obj.module)
+def diff_options(target: Target, obj: KernelObject, sizes: Dict[str, int], name: str,
+                 debug: bool = False) -> Options:
+    """Options for one object; *debug*: a module's symbols from its debug counterpart."""
+    if obj.module is None:
+        symbols = target.symbols
+    elif debug and target.debug_module is not None:
+        symbols = target.debug_module(target.module_file(obj.module))
+    else:
+        symbols = target.module_file(obj.module)
     return Options(symbols=str(symbols), symvers=str(target.symvers), objname=obj.target,
                    patch_name=name, struct_sizes=sizes)
+
+
+def diff_one(target: Target, obj: KernelObject, orig: Path, patched: Path,
+             sizes: Dict[str, int], name: str) -> DiffResult:
+    """Diff one pair; a module whose shipped symbols are ambiguous is retried with its
+    debug module (fetched only then: it costs a pass over the dbg package)."""
+    try:
+        return diff_objects(str(orig), str(patched), diff_options(target, obj, sizes, name))
+    except AmbiguousSymbol as ambiguous:
+        if obj.module is None or target.debug_module is None:
+            raise
+        log.info("%s: the shipped module has %s more than once and no FILE symbols; "
+                 "using its debug module", obj.obj, ambiguous.name)
+        return diff_objects(str(orig), str(patched),
+                            diff_options(target, obj, sizes, name, debug=True))
 
 
 def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
@@ -150,8 +173,7 @@ def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
     for obj in affected.objects:
         refusals += [f"{obj.obj}: {change}" for change in layout_changes(orig[obj.obj], patched[obj.obj])]
         try:
-            result = diff_objects(str(orig[obj.obj]), str(patched[obj.obj]),
-                                  diff_options(target, obj, sizes, name))
+            result = diff_one(target, obj, orig[obj.obj], patched[obj.obj], sizes, name)
         except Refusal as refusal:
             refusals.append(f"{obj.obj}: {refusal}")
             continue
@@ -181,9 +203,16 @@ def source_mismatches(target: Target, obj: KernelObject, orig: Path, report: dic
         return []
     binary = binaries.setdefault(str(binary_path), TargetBinary(Path(binary_path)))
     replaced = [f["name"] for f in report["functions"] if f["patched"]]
-    return [f"{obj.obj}: {m.function}: the source does not match the running kernel ({m.why}); "
-            "build from the exact source, config and compiler of that kernel"
-            for m in verify_original(orig, replaced, binary)]
+    return [mismatch_reason(obj, m, binary_path) for m in verify_original(orig, replaced, binary)]
+
+
+def mismatch_reason(obj: KernelObject, mismatch: Mismatch, binary: Path) -> str:
+    if mismatch.missing and may_be_archive_member(obj.src):
+        return (f"{obj.obj}: {binary.name} has no {mismatch.function}: objects of {obj.src} "
+                "are lib.a members, linked only when something calls them, and nothing in "
+                "this kernel does -- there is nothing to patch")
+    return (f"{obj.obj}: {mismatch.function}: the source does not match the running kernel "
+            f"({mismatch.why}); build from the exact source, config and compiler of that kernel")
 
 
 def deliver(ko: Path, reports: List[dict], output: Path) -> BuildResult:

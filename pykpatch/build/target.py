@@ -5,7 +5,7 @@ import platform
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from pykpatch.build.objindex import IncompleteTree, ObjectIndex
 from pykpatch.errors import InputError, KpatchError
@@ -33,6 +33,7 @@ class Target:
     config: Path
     vmlinux: Optional[Path]
     index: ObjectIndex
+    debug_module: Optional[Callable[[Path], Path]] = None
 
     @property
     def symvers(self) -> Path:
@@ -69,7 +70,7 @@ def debian_target(release: Optional[str], cache: Optional[Path], jobs: int,
         release=kernel.release.release, tree=tree, make_args=kernel.make_args(),
         headers_dir=kernel.headers_dir, symbols=Path(kallsyms or vmlinux or dbg_path),
         modules_dir=kernel.modules_dir, config=kernel.config, vmlinux=vmlinux or dbg_path,
-        index=index,
+        index=index, debug_module=kernel.debug_module,
     )
 
 

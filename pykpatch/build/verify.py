@@ -25,6 +25,7 @@ _RELOC_WIDTH = {1: 8, 2: 4, 4: 4, 9: 4, 10: 4, 11: 4, 24: 8, 42: 4}  # x86-64 ty
 class Mismatch:
     function: str
     why: str
+    missing: bool = False  # the binary has no function of that name at all
 
 
 class TargetBinary:
@@ -91,7 +92,7 @@ def compare_function(obj: ElfFile, name: str, target: TargetBinary) -> Optional[
     masks = _relocation_masks(obj, func)
     theirs = target.candidates(name)
     if not theirs:
-        return Mismatch(name, f"no function {name} in {target.path.name}")
+        return Mismatch(name, f"no function {name} in {target.path.name}", missing=True)
     same_size = [t for t in theirs if t.size == func.size]
     if not same_size:
         sizes = ", ".join(str(t.size) for t in theirs)

@@ -95,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for report in result.reports:
         for func in report.get("functions", []):
             mark = "patched" if func["patched"] else "included"
-            print(f"  {report['target']}: {func['name']} ({mark}: {func['reason']})")
+            name = func["name"] + (f" (#{func['sympos']} of that name)" if func.get("sympos") else "")
+            print(f"  {report['target']}: {name} ({mark}: {func['reason']})")
     print(f"SUCCESS: {result.module} ({result.seconds:.1f} s; report {result.report_path.name})")
     return 0
 

@@ -62,7 +62,7 @@ def diff_objects(orig_path: str, patched_path: str, options: Options = Options()
     check_patchability(state)
     raise_refusals(state)
     if nothing_changed(state):
-        return DiffResult(Outcome.NO_CHANGE, None, build_report(state, Outcome.NO_CHANGE.value, [], []))
+        return DiffResult(Outcome.NO_CHANGE, None, build_report(state, Outcome.NO_CHANGE.value, {}, []))
     state.target = load_target_symbols(options.symbols, state.orig.elf, options.symvers)
     include_changes(state)
     kept = select_special_entries(state)
@@ -80,7 +80,7 @@ def diff_objects(orig_path: str, patched_path: str, options: Options = Options()
                           for f in funcs])
     add_modinfo(out, import_namespaces(state))
     elf = finish(state, out, options.objname)
-    report = build_report(state, Outcome.PATCH.value, [f.old_name for f in funcs],
+    report = build_report(state, Outcome.PATCH.value, {f.old_name: f.sympos for f in funcs},
                           [t.symbol_name for t in externals.values()])
     return DiffResult(Outcome.PATCH, elf, report)
 

@@ -6,10 +6,10 @@ listing all of them, so an author sees every problem in one run.
 """
 
 from pykpatch.differ.bundle import PFX
-from pykpatch.differ.state import DiffState, Status
+from pykpatch.differ.state import DiffObject, DiffState, Status
 from pykpatch.elf.model import Section, Symbol
 from pykpatch.errors import Refusal
-from pykpatch.kernel.sections import INIT_SECTION_PREFIXES
+from pykpatch.kernel.sections import INIT_SECTION_PREFIXES, REGISTRATION_TABLES
 
 
 def is_init_section(sec: Section) -> bool:
@@ -27,12 +27,15 @@ def check_patchability(state: DiffState) -> None:
             _check_changed_symbol(state, sym)
     _check_bindings(state)
     _check_groups(state)
+    _check_registration_tables(state)
 
 
 def _check_changed_symbol(state: DiffState, sym: Symbol) -> None:
     sec = sym.section
     assert sec is not None
     twin = state.twin_of(sym)
+    if registration_table(sec.name):
+        return  # reported once for the whole table by _check_registration_tables
     if is_init_section(sec):
         kind = "code" if sym.is_func else "data"
         state.refusals.append(
@@ -87,6 +90,44 @@ def _check_groups(state: DiffState) -> None:
         elif changed:
             state.refusals.append(f"{sec.name}: a section of this group changed; groups "
                                   "cannot be patched -- avoid changing COMDAT/inline definitions")
+
+
+def registration_table(name: str) -> "str | None":
+    """What the entries of section *name* register, if it is such a table."""
+    return next((what for prefix, what in REGISTRATION_TABLES.items() if name.startswith(prefix)),
+                None)
+
+
+def _check_registration_tables(state: DiffState) -> None:
+    """New, changed or dropped entries of tables the kernel reads only once
+    (PCI quirks, initcalls, parameters) would silently do nothing."""
+    tables = {}
+    for obj, side in ((state.orig, "orig"), (state.patched, "patched")):
+        for sec in obj.elf.sections:
+            if registration_table(sec.name):
+                tables.setdefault(sec.name, {})[side] = sec
+    for name, pair in sorted(tables.items()):
+        patched = pair.get("patched")
+        if patched is not None and state.status_of(patched) is Status.SAME:
+            continue
+        added = _entry_targets(state.patched, patched) - _entry_targets(state.orig, pair.get("orig"))
+        removed = _entry_targets(state.orig, pair.get("orig")) - _entry_targets(state.patched, patched)
+        detail = "; ".join(part for part in (
+            f"added for {', '.join(sorted(added))}" if added else "",
+            f"dropped for {', '.join(sorted(removed))}" if removed else "") if part)
+        state.refusals.append(
+            f"{name}: entries changed{f' ({detail})' if detail else ''}; this table holds "
+            f"{registration_table(name)}, so the running kernel would never see the change "
+            "-- keep the table as it is (a patch may change the functions its entries call), "
+            "or reboot into the fixed kernel")
+
+
+def _entry_targets(obj: "DiffObject", sec: "Section | None") -> "set[str]":
+    """Names of the functions and data a table's entries point at."""
+    if sec is None:
+        return set()
+    return {r.symbol.name for r in obj.relas(sec)
+            if not r.symbol.is_section and (r.symbol.is_func or r.symbol.is_object)}
 
 
 def raise_refusals(state: DiffState) -> None:

@@ -6,7 +6,7 @@ references it).
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping
 
 from pykpatch.differ.include import included_functions
 from pykpatch.differ.klp import kernel_name
@@ -21,6 +21,7 @@ class FunctionReport:
     status: str
     reason: str
     patched: bool  # listed in .pykpatch.funcs (the kernel redirects it)
+    sympos: int = 0  # which same-named kernel symbol it replaces (klp sympos; 0: unique)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Report:
         lines = [f"{self.object}: {self.outcome}"]
         for func in self.functions:
             mark = "patched" if func.patched else "included"
+            if func.sympos:
+                mark += f", kernel symbol #{func.sympos} of that name"
             lines.append(f"  {func.status:8} {func.name} ({mark}: {func.reason})")
         for name in self.line_only:
             lines.append(f"  same     {name} (only __LINE__ values moved)")
@@ -57,9 +60,10 @@ class Report:
         return "\n".join(lines)
 
 
-def build_report(state: DiffState, outcome: str, patched_names: List[str],
+def build_report(state: DiffState, outcome: str, patched: Mapping[str, int],
                  klp_symbols: List[str]) -> Report:
-    """Summarise *state* (after the include stage, if it ran)."""
+    """Summarise *state* (after the include stage, if it ran); *patched*: the
+    kernel name of each redirected function -> its sympos."""
     report = Report(object=state.patched.path, outcome=outcome, warnings=list(state.warnings),
                     klp_symbols=sorted(klp_symbols))
     for func in included_functions(state):
@@ -68,8 +72,9 @@ def build_report(state: DiffState, outcome: str, patched_names: List[str],
         reason = state.reasons.get(func)
         if reason is None:
             reason = f"child of {parent.name}" if parent is not None else status.value
-        report.functions.append(FunctionReport(kernel_name(state, func), status.value, reason,
-                                               kernel_name(state, func) in patched_names))
+        name = kernel_name(state, func)
+        report.functions.append(FunctionReport(name, status.value, reason, name in patched,
+                                               patched.get(name, 0)))
     owners = state.patched.owner
     report.line_only = sorted(owners[s].name if s in owners else s.name for s in state.line_only)
     return report

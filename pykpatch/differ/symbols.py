@@ -32,6 +32,17 @@ _READELF_LINE = re.compile(
     r"^\s*\d+:\s+([0-9a-fA-F]+)\s+(\S+)\s+(\w+)\s+(\w+)\s+\w+\s+(\S+)\s*(.*)$")
 
 
+class AmbiguousSymbol(InputError):
+    """Several target symbols share a name and the table cannot tell which
+    one the object means (a table without FILE symbols, e.g. a shipped .ko)."""
+
+    def __init__(self, source: str, name: str, count: int) -> None:
+        super().__init__(f"{source}: {count} symbols named {name!r} and nothing says which one "
+                         "the patched object means; pass the vmlinux/module with FILE symbols "
+                         "via --symbols")
+        self.name = name
+
+
 @dataclass(frozen=True)
 class TargetSymbol:
     """One defined symbol of the target; *file* is the FILE block of a local."""
@@ -78,7 +89,7 @@ class TargetSymbols:
         :param neighbours: names of that object's own local symbols; when
             several FILE blocks share the file name (net/ipv4/route.c and
             net/ipv6/route.c), the block holding most of them is the object.
-        :raises InputError: several candidates and nothing tells them apart.
+        :raises AmbiguousSymbol: several candidates and nothing tells them apart.
         """
         candidates = self.find(name)
         if not candidates:
@@ -93,10 +104,7 @@ class TargetSymbols:
         if len(wanted) > 1:
             wanted = self._closest_blocks(wanted, set(neighbours))
         if len(wanted) != 1:
-            raise InputError(
-                f"{self.source}: {len(wanted) or len(candidates)} symbols named {name!r} and "
-                "nothing says which one the patched object means; pass the vmlinux/module "
-                "with FILE symbols via --symbols")
+            raise AmbiguousSymbol(self.source, name, len(wanted) or len(candidates))
         return ranked.index(wanted[0]) + 1
 
 

@@ -93,6 +93,19 @@ IGNORED_SECTION_PREFIXES = (".debug_", ".discard", ".llvm", ".note", ".comment",
 INIT_SECTION_PREFIXES = (".init.", ".exit.", ".meminit.", ".initcall", ".con_initcall",
                          ".init_array", "__param", ".security_initcall", ".x86_cpu_dev.init")
 
+# Tables the kernel reads only when something appears (boot, a device, a
+# module load): an entry a patch adds, removes or changes is never seen by
+# the running kernel.  Prefix -> what its entries register.
+REGISTRATION_TABLES = {
+    ".pci_fixup_": "PCI quirks, applied when a device is found",
+    ".initcall": "initcalls, run once at boot or module load",
+    ".con_initcall": "console initcalls, run once at boot",
+    ".security_initcall": "LSM initcalls, run once at boot",
+    ".init.setup": "boot parameters (__setup/early_param), parsed once at boot",
+    "__param": "module parameters, registered at boot or module load",
+    ".x86_cpu_dev.init": "CPU vendor drivers, chosen once at boot",
+}
+
 # Sections made of metadata tables that the build regenerates (exports,
 # tracepoint and parameter records...): changes there are not code changes.
 METADATA_SECTION_PREFIXES = ("__ksymtab", "___ksymtab", "__kcrctab", "___kcrctab",

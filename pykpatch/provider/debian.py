@@ -13,7 +13,8 @@ Cache layout (under :func:`pykpatch.cache.cache_dir`)::
     kernels/<release>_<version>/
         image/    boot/vmlinuz-*, boot/config-*, lib/modules/<release>/
         headers/  usr/src/linux-headers-*, usr/lib/linux-kbuild-*
-        dbg/      vmlinux-<release> (full symbol table and DWARF)
+        dbg/      vmlinux-<release> (full symbol table and DWARF), and
+                  modules/<path>.ko debug modules, extracted when needed
         tree-<key>/  prepared source tree (key: config + compiler)
 """
 
@@ -296,18 +297,32 @@ class DebianKernel:
     def vmlinux(self) -> Path:
         """The debug vmlinux: full symbol table, FILE symbols, DWARF."""
         target = self.kernel_dir / "dbg" / f"vmlinux-{self.release.release}"
+        return self._from_dbg(f"./usr/lib/debug/boot/vmlinux-{self.release.release}", target)
+
+    def debug_module(self, module: Path) -> Path:
+        """The debug counterpart of shipped module *module* (a path under
+        :attr:`modules_dir`): its symbol table keeps the FILE symbols that
+        the shipped one lost, with the same addresses."""
+        rel = module.relative_to(self.modules_dir)
+        target = self.kernel_dir / "dbg" / "modules" / rel
+        member = f"./usr/lib/debug/lib/modules/{self.release.release}/{rel}"
+        return self._from_dbg(member, target)
+
+    def _from_dbg(self, member: str, target: Path) -> Path:
+        """*member* of the dbg package, extracted once to *target*."""
         if target.is_file():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        member = f"./usr/lib/debug/boot/vmlinux-{self.release.release}"
         tmp = target.with_name(target.name + ".tmp")
-        # Only the vmlinux: the package also holds 2.5 GB of module debug info.
+        log.info("extracting %s from %s", member.lstrip("./"), self.deb("dbg").name)
+        # One member of 2.5 GB of debug info: tar stops at the first match.
         with open(tmp, "wb") as out:
             fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(self.deb("dbg"))],
-                                    stdout=subprocess.PIPE)
-            tar = subprocess.run(["tar", "-xO", member], stdin=fsys.stdout, stdout=out)
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            tar = subprocess.run(["tar", "-xO", "--occurrence=1", member], stdin=fsys.stdout,
+                                 stdout=out, stderr=subprocess.PIPE)
             fsys.stdout.close()
-            fsys.wait()
+            fsys.wait()  # killed by SIGPIPE when tar stops early: expected
         if tar.returncode != 0 or tmp.stat().st_size == 0:
             tmp.unlink()
             raise KpatchError(f"{self.deb('dbg').name} has no {member}")

@@ -530,6 +530,21 @@ def test_refuses_module_static_call_key(corpus):
                      r"key that lives in module kvm\b", message), message
 
 
+def test_refuses_new_entry_in_a_boot_time_table(corpus):
+    message = refusal_of(corpus, "pci_fixup-new-entry.patch")
+    assert re.search(r"\.pci_fixup_final: entries changed \(added for pykpatch_test_quirk\); "
+                     r"this table holds PCI quirks", message), message
+    assert "1 problem)" in message, message  # the new quirk function itself is not a problem
+
+
+def test_moved_boot_time_table_entries_are_no_change(corpus):
+    # __LINE__ names every quirk entry: the names change, the entries do not.
+    orig, patched = corpus.inputs("pci_fixup-lines.patch")
+    assert orig.hexdump(".pci_fixup_final") == patched.hexdump(".pci_fixup_final")
+    result = corpus.diff("pci_fixup-lines.patch")
+    assert result.outcome is Outcome.NO_CHANGE, result.report.to_text()
+
+
 # --------------------------------------------------------------------------
 # __LINE__, static locals, .cold children, klp sympos
 

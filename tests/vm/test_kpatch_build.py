@@ -261,6 +261,19 @@ def test_changed_static_inline_in_a_header_patches_its_callers(built, healthy):
     assert guest.check(INOTIFY_MASK).strip() == "100"
 
 
+def test_lib_archive_member_linked_into_vmlinux(built, healthy):
+    # lib/kobject_uevent.o is a lib-y object: it goes through lib.a, and this
+    # kernel links it because the driver core calls add_uevent_var().
+    guest, b = healthy, ok(built("lib-kobject-uevent.patch"))
+    assert b.functions(patched_only=True) == ["add_uevent_var"]
+    uevent = "cat /sys/class/mem/null/uevent"
+    assert "DEVNAME=null\n" in guest.check(uevent)
+    load(guest, b)
+    assert "DEVNAME=Null\n" in guest.check(uevent)
+    unload(guest, b)
+    assert "DEVNAME=null\n" in guest.check(uevent)
+
+
 # -- refusals --------------------------------------------------------------------
 
 def _tree_digest(kernel, rel: str) -> str:

@@ -8,6 +8,7 @@ cleanly (for a module patch: with the target module loaded before the patch,
 and again loaded after it) or is refused with a reason the author can act on.
 """
 
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +30,7 @@ LOADS = {
     "net-bridge-br_arp_nd_proxy.patch": "bridge",   # .LC constants in a module
     "fs-erofs-xattr.patch": "erofs",
     "net-sched-sch_pie.patch": "sch_pie",
+    "fs-btrfs-tree-log.patch": "btrfs",  # fill_inode_item is in two files of btrfs.ko
 }
 
 # patch file -> a substring of the refusal (or of "no change")
@@ -37,6 +39,7 @@ REFUSED = {
     "net-netlink-genetlink.patch": "struct ctrl_dump_policy_ctx changes layout",
     "net-openvswitch-conntrack.patch": "uses a key that lives in module openvswitch",
     "net-ipv4-tcp_cong.patch": "no change: the patch changes no function",
+    "arch-x86-pci-fixup.patch": ".pci_fixup_final: entries changed (added for quirk_tuxeo_rp_d3)",
 }
 
 
@@ -80,9 +83,22 @@ def _exercise_with_module(guest: Guest, b: Build, module: str) -> None:
     guest.check(f"modprobe -r {module}")
 
 
+@pytest.fixture(scope="module")
+def built54(tmp_path_factory: pytest.TempPathFactory):
+    """kpatch-build of one sample patch, once per module."""
+    cache = {}
+
+    def build(patch: str) -> Build:
+        if patch not in cache:
+            cache[patch] = kpatch_build(RELEASE, tmp_path_factory.mktemp("rf"), [FIXES / patch])
+        return cache[patch]
+
+    return build
+
+
 @pytest.mark.parametrize("patch", sorted(LOADS))
-def test_real_fix_builds_and_loads_cleanly(patch: str, healthy54: Guest, tmp_path: Path) -> None:
-    b = kpatch_build(RELEASE, tmp_path, [FIXES / patch])
+def test_real_fix_builds_and_loads_cleanly(patch: str, built54, healthy54: Guest) -> None:
+    b = built54(patch)
     assert b.rc == 0, f"kpatch-build failed:\n{b.stderr}"
     assert {o["target"] for o in b.report["objects"]} == {LOADS[patch]}
     assert b.functions(patched_only=True)
@@ -101,3 +117,33 @@ def test_real_fix_is_refused_with_its_reason(patch: str, kernel54: DebianKernel,
     assert "Traceback" not in b.stderr
     assert REFUSED[patch] in b.stderr
     assert not list(tmp_path.glob("*.ko"))
+
+
+def test_same_named_module_function_is_told_apart_by_the_debug_module(
+        built54, kernel54: DebianKernel) -> None:
+    # btrfs.ko has a static fill_inode_item in inode.c and another in
+    # tree-log.c; the shipped module has no FILE symbols to tell them apart.
+    b = built54("fs-btrfs-tree-log.patch")
+    assert b.rc == 0, b.stderr
+    assert "using its debug module" in b.stderr
+    [func] = [f for o in b.report["objects"] for f in o["functions"]
+              if f["name"] == "fill_inode_item"]
+    assert func["sympos"] == _rank_in_file(kernel54, "fs/btrfs/btrfs.ko", "fill_inode_item",
+                                           "tree-log.c")
+
+
+def _rank_in_file(kernel: DebianKernel, module: str, name: str, source_file: str) -> int:
+    """1-based rank by address of the *name* defined after FILE *source_file*."""
+    debug = kernel.debug_module(kernel.modules_dir / "kernel" / module)
+    text = subprocess.run(["readelf", "-sW", str(debug)], capture_output=True, text=True,
+                          check=True).stdout
+    current, found = None, []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[3] == "FILE":
+            current = fields[7]
+        elif len(fields) >= 8 and fields[7] == name and fields[3] == "FUNC":
+            found.append((int(fields[1], 16), current))
+    assert len(found) > 1, found
+    ranked = sorted(found)
+    return 1 + ranked.index(next(f for f in found if f[1] == source_file))
