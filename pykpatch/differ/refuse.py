@@ -64,8 +64,8 @@ def _check_traceable(state: DiffState, sym: Symbol) -> None:
         return  # its callers carry it (see changes._propagate_untraceable_to_callers)
     state.refusals.append(
         f"{sym.name}: changed but has no __fentry__ call, so ftrace cannot redirect it "
-        "(notrace or inline?) and it is not a static function whose callers could carry it "
-        "-- patch its callers instead")
+        "(notrace, inline, or built without ftrace like all of lib/?) and it is not a static "
+        "function whose callers could carry it -- patch its callers instead")
 
 
 def _check_bindings(state: DiffState) -> None:
