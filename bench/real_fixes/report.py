@@ -24,6 +24,8 @@ REFUSAL_GROUPS: List[Tuple[str, "re.Pattern[str]", str]] = [
      "build with the kernel's own compiler"),
     ("__init code or data changed", re.compile(r"changed __init (code|data)"),
      "the fix only matters at boot or module init: use a callback for one-time work, or skip"),
+    ("__exit code changed", re.compile(r"changed __exit (code|data)"),
+     "the fix only matters when the module is removed: leave it for a module reload"),
     ("data size changed", re.compile(r"data size changed"),
      "keep the object's size; put new fields in a shadow variable"),
     ("initialized data changed", re.compile(r"initial value of data changed"),

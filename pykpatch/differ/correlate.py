@@ -1,7 +1,8 @@
 """Stage: find twins -- which patched section/symbol is which original one.
 
 Names are compared *mangled-equal*: compiler counters (``foo.isra.3`` vs
-``foo.isra.5``, ``__UNIQUE_ID_x12`` vs ``__UNIQUE_ID_x15``) are ignored, but
+``foo.isra.5``, ``__UNIQUE_ID_x12`` vs ``__UNIQUE_ID_x15``, the counter and
+line at the end of ``__BTF_ID__`` names) are ignored, but
 ``.str1.N`` merge-string sections must match exactly (N is an alignment).
 Exact names win over mangled matches.  Per-call-site statics are never
 paired: each patched copy is a new variable.  Static locals are finally
@@ -21,6 +22,9 @@ from pykpatch.kernel.sections import (
 
 _DIGITS = re.compile(r"\.\d+")
 _UNIQUE_ID = re.compile(r"(__UNIQUE_ID_\w*?)\d+(?=$|\.)")
+# BTF_ID() entries end in __COUNTER__ and __LINE__ run together, so any
+# line shift renames them (__BTF_ID__struct__nf_conn__768208).
+_BTF_ID = re.compile(r"^(__BTF_ID__\w+__)\d+$")
 # Compiler-generated anonymous data: never the same thing twice.
 _ANONYMOUS_DATA = re.compile(r"\.L__unnamed|Lubsan|\.L\.str|\.LC\d")
 
@@ -29,7 +33,7 @@ def mangled_key(name: str) -> str:
     """The name with compiler counters blanked out (see module doc)."""
     if ".str1." in name or ".str." in name:
         return name
-    return _DIGITS.sub(".#", _UNIQUE_ID.sub(r"\1#", name))
+    return _DIGITS.sub(".#", _UNIQUE_ID.sub(r"\1#", _BTF_ID.sub(r"\1#", name)))
 
 
 def is_special_static(sym: Symbol) -> bool:

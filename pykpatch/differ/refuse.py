@@ -9,7 +9,7 @@ from pykpatch.differ.bundle import PFX
 from pykpatch.differ.state import DiffObject, DiffState, Status
 from pykpatch.elf.model import Section, Symbol
 from pykpatch.errors import Refusal
-from pykpatch.kernel.sections import INIT_SECTION_PREFIXES, REGISTRATION_TABLES
+from pykpatch.kernel.sections import EXIT_SECTION_PREFIXES, INIT_SECTION_PREFIXES, REGISTRATION_TABLES
 
 
 def is_init_section(sec: Section) -> bool:
@@ -36,7 +36,13 @@ def _check_changed_symbol(state: DiffState, sym: Symbol) -> None:
     twin = state.twin_of(sym)
     if registration_table(sec.name):
         return  # reported once for the whole table by _check_registration_tables
-    if is_init_section(sec):
+    if sec.name.startswith(EXIT_SECTION_PREFIXES):
+        kind = "code" if sym.is_func else "data"
+        state.refusals.append(
+            f"{sym.name}: changed __exit {kind} in {sec.name}; it runs only when the module is "
+            "removed, and a live patch cannot replace it -- the fix takes effect when the "
+            "module is next reloaded from a fixed build")
+    elif is_init_section(sec):
         kind = "code" if sym.is_func else "data"
         state.refusals.append(
             f"{sym.name}: changed __init {kind} in {sec.name}; it already ran at boot and a "

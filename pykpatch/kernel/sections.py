@@ -106,6 +106,9 @@ REGISTRATION_TABLES = {
     ".x86_cpu_dev.init": "CPU vendor drivers, chosen once at boot",
 }
 
+# The __exit part of those: module removal code (discarded in vmlinux).
+EXIT_SECTION_PREFIXES = (".exit.",)
+
 # Sections made of metadata tables that the build regenerates (exports,
 # tracepoint and parameter records...): changes there are not code changes.
 METADATA_SECTION_PREFIXES = ("__ksymtab", "___ksymtab", "__kcrctab", "___kcrctab",

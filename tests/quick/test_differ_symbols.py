@@ -100,3 +100,16 @@ def test_two_files_of_one_name_are_told_apart_by_their_other_locals(tmp_path):
     assert table.sympos("dst_discard", True, ["route.c"], ["ip6_pkt_drop"]) == 2
     with pytest.raises(InputError, match="2 symbols named 'dst_discard'"):
         table.sympos("dst_discard", True, ["route.c"], [])
+
+
+@pytest.mark.parametrize("orig, patched, paired", [
+    ("foo.isra.3", "foo.isra.5", True),
+    ("__UNIQUE_ID_ddebug12", "__UNIQUE_ID_ddebug15", True),
+    # BTF_ID(struct, nf_conn): __COUNTER__ and __LINE__ run together
+    ("__BTF_ID__struct__nf_conn__768208", "__BTF_ID__struct__nf_conn__768222", True),
+    ("__BTF_ID__struct__nf_conn__768208", "__BTF_ID__struct__sock__768208", False),
+    (".rodata.str1.1", ".rodata.str1.8", False),
+])
+def test_compiler_and_macro_counters_do_not_change_identity(orig, patched, paired):
+    from pykpatch.differ.correlate import mangled_key
+    assert (mangled_key(orig) == mangled_key(patched)) is paired
