@@ -176,3 +176,21 @@ def test_a_moved_member_is_a_layout_change(tmp_path, monkeypatch):
     assert len(changes) == 1
     assert changes[0].startswith("struct pair changes layout (size 8 -> 12; member 'b' moved "
                                  "from offset 4 to 8)")
+
+
+@pytest.mark.parametrize("src, lib_reason", [
+    ("lib/seq_buf.c", True), ("arch/x86/lib/misc.c", True),
+    ("fs/proc/cmdline.c", False), ("drivers/lib/x.c", False),
+])
+def test_missing_function_of_a_library_object_says_it_is_not_linked(src, lib_reason):
+    from pykpatch.build.objindex import KernelObject
+    from pykpatch.build.pipeline import mismatch_reason
+    from pykpatch.build.verify import Mismatch
+
+    obj = KernelObject(src[:-2] + ".o", src, None, "gcc ...")
+    missing = mismatch_reason(obj, Mismatch("f", "no function f in vmlinux", missing=True),
+                              Path("/x/vmlinux"))
+    differs = mismatch_reason(obj, Mismatch("f", "its code differs"), Path("/x/vmlinux"))
+    assert ("lib.a members" in missing) is lib_reason
+    assert ("does not match the running kernel" in missing) is not lib_reason
+    assert "does not match the running kernel (its code differs)" in differs
