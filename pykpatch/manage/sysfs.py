@@ -104,15 +104,17 @@ class LiveKernel:
     def status(self, name: str) -> PatchStatus:
         """Current state of patch *name*; PatchGone if it is not (or no longer) there."""
         directory = self.host.livepatch / name
+        # The kernel removes the whole directory when a disabled patch is
+        # freed, possibly while we read it: any part vanishing means gone.
         try:
             enabled = _read_int(directory / klp.ATTR_ENABLED) == 1
             transition = _read_int(directory / klp.ATTR_TRANSITION) == 1 \
                 if (directory / klp.ATTR_TRANSITION).exists() else False
             entries = sorted(directory.iterdir())
+            attributes = tuple(p.name for p in entries if p.is_file())
+            objects = tuple(_read_object(p) for p in entries if p.is_dir())
         except (FileNotFoundError, NotADirectoryError):
             raise PatchGone(f"livepatch '{name}' is not loaded") from None
-        attributes = tuple(p.name for p in entries if p.is_file())
-        objects = tuple(_read_object(p) for p in entries if p.is_dir())
         return PatchStatus(name, enabled, transition, objects, attributes)
 
     def find_status(self, name: str) -> Optional[PatchStatus]:

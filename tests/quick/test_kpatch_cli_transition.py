@@ -149,3 +149,22 @@ def test_tty_view_redraws_in_place_and_clears() -> None:
     assert "\x1b[1A\r\x1b[J" in text          # one-line block replaced
     assert text.endswith("\x1b[5A\r\x1b[J")   # header, count, task, 2 frames erased
     assert "sleeper_wait+0x2a/0x50 [sleeper]" in text
+
+
+def test_patch_freed_while_its_status_is_read_is_gone_not_a_crash(fake, monkeypatch) -> None:
+    # Seen in the VM: after `enabled` went to 0 the kernel freed the patch
+    # between listing its directory and reading its object directories.
+    import shutil
+
+    from pykpatch.manage import sysfs
+
+    directory = fake.add_patch("livepatch_test", enabled=0, transition=1)
+    real_read_object = sysfs._read_object
+
+    def freed_meanwhile(path):
+        shutil.rmtree(directory)
+        return real_read_object(path)
+
+    monkeypatch.setattr(sysfs, "_read_object", freed_meanwhile)
+    live = sysfs.LiveKernel(fake.host)
+    assert live.find_status("livepatch_test") is None

@@ -53,6 +53,10 @@ def kguest(guest_kpatch) -> Iterator[object]:
     yield guest_kpatch
     guest_kpatch.run("echo 1 > /proc/kpatch_sleeper 2>/dev/null; kpatch unload --all; "
                      "rmmod kpatch_sleeper 2>/dev/null; true", timeout=180)
+    # Fail here, in the test that left something behind, not in the next one.
+    left = [m for m in _loaded_state(guest_kpatch)
+            if m.startswith(("livepatch_", "kpatch_sleeper"))]
+    assert not left, f"left loaded after the test: {left}"
 
 
 # --- load / list / info / unload -------------------------------------------------------
