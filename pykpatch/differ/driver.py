@@ -78,7 +78,7 @@ def diff_objects(orig_path: str, patched_path: str, options: Options = Options()
     add_mcount_loc(state, out)
     add_funcs_table(out, [PatchedFunction(out.symbols[f.symbol], f.old_name, f.objname, f.sympos)
                           for f in funcs])
-    add_modinfo(out, import_namespaces(state))
+    add_modinfo(out, import_namespaces(state, out))
     elf = finish(state, out, options.objname)
     report = build_report(state, Outcome.PATCH.value, {f.old_name: f.sympos for f in funcs},
                           [t.symbol_name for t in externals.values()])

@@ -11,6 +11,7 @@ from typing import List
 
 from pykpatch.differ.include import included_functions
 from pykpatch.differ.state import DiffState
+from pykpatch.differ.symbols import read_symvers_namespaces
 from pykpatch.differ.write import Output, add_relocation
 from pykpatch.elf.constants import R_X86_64_64, R_X86_64_NONE, R_X86_64_PLT32, SHF_ALLOC, SHT_PROGBITS
 from pykpatch.elf.model import Section
@@ -36,21 +37,27 @@ def add_mcount_loc(state: DiffState, out: Output) -> None:
         add_relocation(out, sec, 8 * i, R_X86_64_64, out.symbols[func], offset)
 
 
-def import_namespaces(state: DiffState) -> List[bytes]:
-    """``import_ns=`` strings of the patched object's ``.modinfo``.
+def import_namespaces(state: DiffState, out: Output) -> List[bytes]:
+    """``import_ns=`` strings the patch module needs.
 
-    Built-in objects spell them ``<modname>.import_ns=NS``; the patch
-    module needs plain ``import_ns=NS`` for modpost to honour them.
+    Those of the patched object's ``.modinfo`` (built-in objects spell them
+    ``<modname>.import_ns=NS``; the patch module needs plain ``import_ns=NS``
+    for modpost to honour them), and the namespace of every namespaced
+    export the output calls: a file that exports a symbol into a namespace
+    uses it without importing it, but the patch module is another module.
     """
+    found = []
     modinfo = state.patched.elf.section_by_name(".modinfo")
-    if modinfo is None:
-        return []
-    out = []
-    for entry in modinfo.data.split(b"\0"):
+    for entry in (modinfo.data.split(b"\0") if modinfo is not None else []):
         key, sep, value = entry.partition(b"=")
         if sep and (key == b"import_ns" or key.endswith(b".import_ns")):
-            out.append(b"import_ns=" + value)
-    return list(dict.fromkeys(out))
+            found.append(b"import_ns=" + value)
+    if state.options.symvers is not None:
+        namespaces = read_symvers_namespaces(state.options.symvers)
+        for sym in out.elf.symbols:
+            if sym.section is None and not sym.is_local and sym.name in namespaces:
+                found.append(b"import_ns=" + namespaces[sym.name].encode())
+    return list(dict.fromkeys(found))
 
 
 _NOP5 = bytes.fromhex("0f1f440000")

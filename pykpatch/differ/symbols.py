@@ -225,6 +225,16 @@ def read_symvers(path: str) -> Set[str]:
     return names
 
 
+def read_symvers_namespaces(path: str) -> Dict[str, str]:
+    """Name -> symbol namespace, for the exports that have one (Module.symvers's 5th field)."""
+    out: Dict[str, str] = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 5 and fields[4]:
+            out[fields[1]] = fields[4]
+    return out
+
+
 def read_symvers_modules(path: str) -> Dict[str, str]:
     """Name -> exporting object ("vmlinux" or a module path) from Module.symvers."""
     out: Dict[str, str] = {}

@@ -113,3 +113,13 @@ def test_two_files_of_one_name_are_told_apart_by_their_other_locals(tmp_path):
 def test_compiler_and_macro_counters_do_not_change_identity(orig, patched, paired):
     from pykpatch.differ.correlate import mangled_key
     assert (mangled_key(orig) == mangled_key(patched)) is paired
+
+
+def test_symvers_namespaces(tmp_path):
+    from pykpatch.differ.symbols import read_symvers_namespaces
+    symvers = tmp_path / "Module.symvers"
+    symvers.write_text("0x1\tnvme_find_get_ns\tvmlinux\tEXPORT_SYMBOL_GPL\tNVME_TARGET_PASSTHRU\n"
+                       "0x2\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
+                       "0x3\tusb_stor_x\tdrivers/usb/storage/usb-storage\tEXPORT_SYMBOL_GPL\tUSB_STORAGE\n")
+    assert read_symvers_namespaces(str(symvers)) == {"nvme_find_get_ns": "NVME_TARGET_PASSTHRU",
+                                                     "usb_stor_x": "USB_STORAGE"}

@@ -31,6 +31,7 @@ LOADS = {
     "fs-erofs-xattr.patch": "erofs",
     "net-sched-sch_pie.patch": "sch_pie",
     "fs-btrfs-tree-log.patch": "btrfs",  # fill_inode_item is in two files of btrfs.ko
+    "drivers-nvme-host-core.patch": "vmlinux",  # calls an export of namespace NVME_TARGET_PASSTHRU
 }
 
 # patch file -> a substring of the refusal (or of "no change")
