@@ -34,7 +34,14 @@ class Layout:
         return self.size, self.members
 
 
-def _member_name(decl: str) -> str:
+_ATTRIBUTE = re.compile(r"\s*__attribute__\(\(.*?\)\)\)*")
+
+
+def _member_name(decl: str, anonymous: int) -> str:
+    """The member's name; *anonymous* numbers the unnamed nested struct/union members."""
+    decl = _ATTRIBUTE.sub("", decl).strip()
+    if decl == "}":
+        return f"<anonymous #{anonymous}>"
     m = re.search(r"(\w+)\s*(?:\[[^\]]*\])*\s*(?::\s*\d+)?$", decl)
     if "(*" in decl:
         m = re.search(r"\(\*\s*(\w+)\)", decl)
@@ -55,8 +62,9 @@ def parse_pahole(text: str) -> Dict[str, Layout]:
         depth += line.count("{") - line.count("}")
         member = _MEMBER.match(line)
         if member and depth == 1:
-            current.members.append((_member_name(member.group(1)), int(member.group(2)),
-                                    int(member.group(3))))
+            anonymous = sum(1 for m in current.members if m[0].startswith("<anonymous"))
+            current.members.append((_member_name(member.group(1), anonymous + 1),
+                                    int(member.group(2)), int(member.group(3))))
         size = _SIZE.search(line)
         if size and depth == 1:
             current.size = int(size.group(1))

@@ -194,3 +194,26 @@ def test_missing_function_of_a_library_object_says_it_is_not_linked(src, lib_rea
     assert ("lib.a members" in missing) is lib_reason
     assert ("does not match the running kernel" in missing) is not lib_reason
     assert "does not match the running kernel (its code differs)" in differs
+
+
+PAHOLE_ATTRIBUTES = """struct tipc_crypto {
+	struct net *               net;                  /*     0     8 */
+	atomic64_t                 sndnxt __attribute__((__aligned__(64))); /*    64     8 */
+	union {
+		int                a;                    /*    72     4 */
+		long               b;                    /*    72     8 */
+	};                                               /*    72     8 */
+	struct {
+		int                x;                    /*    80     4 */
+	} __attribute__((__aligned__(8))) named;         /*    80     8 */
+	/* size: 128, cachelines: 2, members: 4 */
+};
+"""
+
+
+def test_pahole_members_with_attributes_and_anonymous_unions_keep_their_names():
+    # As pahole prints net/tipc/crypto.c's struct (seen in the real-fixes corpus).
+    layout = parse_pahole(PAHOLE_ATTRIBUTES)["struct tipc_crypto"]
+    assert layout.members == [("net", 0, 8), ("sndnxt", 64, 8), ("<anonymous #1>", 72, 8),
+                              ("named", 80, 8)]
+    assert layout.size == 128
