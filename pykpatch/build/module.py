@@ -21,6 +21,7 @@ from pykpatch.elf.reader import read_elf
 from pykpatch.elf.writer import write_elf
 from pykpatch.errors import KpatchError
 from pykpatch.kernel.livepatch import KLP_SYM_PREFIX, MODULE_NAME_MAX, SHN_LIVEPATCH
+from pykpatch.kernel.symvers import read_symvers
 from pykpatch.process import run
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "data" / "module"
@@ -109,16 +110,6 @@ def link_module(inputs: ModuleInputs, headers_dir: Path, build_dir: Path, logfil
 
 # -- checks on the finished module --------------------------------------------
 
-def read_symvers(path: Path) -> Dict[str, str]:
-    """Module.symvers as symbol -> CRC (hex, as written there)."""
-    crcs = {}
-    for line in path.read_text().splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 2:
-            crcs[fields[1]] = fields[0]
-    return crcs
-
-
 def check_module(ko: Path, release: str, symvers: Path) -> None:
     """Refuse a module the target would not load: vermagic, undefined symbols, CRCs."""
     elf = read_elf(ko)
@@ -137,9 +128,9 @@ def check_module(ko: Path, release: str, symvers: Path) -> None:
         if sym.name.startswith(KLP_SYM_PREFIX) and sym.shndx != SHN_LIVEPATCH:
             problems.append(f"{sym.name} is not an SHN_LIVEPATCH symbol")
     for name, crc in _module_versions(elf).items():
-        expected = exported.get(name)
-        if expected is not None and int(expected, 16) != crc:
-            problems.append(f"CRC of {name} is {crc:#010x}, the kernel's is {expected}")
+        export = exported.get(name)
+        if export is not None and int(export.crc, 16) != crc:
+            problems.append(f"CRC of {name} is {crc:#010x}, the kernel's is {export.crc}")
     if problems:
         raise KpatchError(f"{ko.name} would not load:\n  " + "\n  ".join(problems))
 

@@ -11,15 +11,15 @@ A symbol the output needs but does not define is either
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import PurePath
 from typing import Dict, Optional
 
 from pykpatch.differ.state import DiffState
-from pykpatch.differ.symbols import TargetSymbols, read_symvers_modules
+from pykpatch.differ.symbols import TargetSymbols
 from pykpatch.elf.model import Symbol
 from pykpatch.errors import InputError
 from pykpatch.kernel.livepatch import VMLINUX, klp_symbol_name, module_objname
+from pykpatch.kernel.symvers import read_symvers
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,8 @@ def exported_by_target(state: DiffState, name: str) -> bool:
     objname, symvers = state.options.objname, state.options.symvers
     if objname == VMLINUX or not symvers:
         return False
-    exporter = _exporters(symvers).get(name)
-    return exporter is not None and module_objname(PurePath(exporter).name) == objname
-
-
-@lru_cache(maxsize=4)
-def _exporters(symvers: str) -> Dict[str, str]:
-    return read_symvers_modules(symvers)
+    export = read_symvers(symvers).get(name)
+    return export is not None and module_objname(PurePath(export.module).name) == objname
 
 
 def decide_externals(state: DiffState, table: TargetSymbols) -> Dict[Symbol, KlpTarget]:

@@ -11,11 +11,11 @@ from typing import List
 
 from pykpatch.differ.include import included_functions
 from pykpatch.differ.state import DiffState
-from pykpatch.differ.symbols import read_symvers_namespaces
 from pykpatch.differ.write import Output, add_relocation
 from pykpatch.elf.constants import R_X86_64_64, R_X86_64_NONE, R_X86_64_PLT32, SHF_ALLOC, SHT_PROGBITS
 from pykpatch.elf.model import Section
 from pykpatch.kernel.sections import FENTRY
+from pykpatch.kernel.symvers import read_symvers
 
 MCOUNT_LOC = "__mcount_loc"
 
@@ -53,10 +53,11 @@ def import_namespaces(state: DiffState, out: Output) -> List[bytes]:
         if sep and (key == b"import_ns" or key.endswith(b".import_ns")):
             found.append(b"import_ns=" + value)
     if state.options.symvers is not None:
-        namespaces = read_symvers_namespaces(state.options.symvers)
+        exports = read_symvers(state.options.symvers)
         for sym in out.elf.symbols:
-            if sym.section is None and not sym.is_local and sym.name in namespaces:
-                found.append(b"import_ns=" + namespaces[sym.name].encode())
+            export = exports.get(sym.name) if sym.section is None and not sym.is_local else None
+            if export is not None and export.namespace:
+                found.append(b"import_ns=" + export.namespace.encode())
     return list(dict.fromkeys(found))
 
 

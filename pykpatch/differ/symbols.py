@@ -24,6 +24,7 @@ from pykpatch.elf.constants import (
 from pykpatch.elf.model import ElfFile
 from pykpatch.elf.symtab import read_symbol_table
 from pykpatch.errors import InputError
+from pykpatch.kernel.symvers import read_symvers
 
 _BINDS = {"LOCAL": STB_LOCAL, "GLOBAL": STB_GLOBAL, "WEAK": STB_WEAK}
 _TYPES = {"NOTYPE": STT_NOTYPE, "OBJECT": STT_OBJECT, "FUNC": STT_FUNC, "SECTION": STT_SECTION,
@@ -128,7 +129,7 @@ def load_target_symbols(path: Optional[str], fallback: ElfFile, symvers: Optiona
     else:
         table = _from_path(path)
     if symvers is not None:
-        table.exported = read_symvers(symvers)
+        table.exported = set(read_symvers(symvers))
     return table
 
 
@@ -206,40 +207,3 @@ def _from_kallsyms_text(source: str, text: str) -> TargetSymbols:
     if not table.by_name:
         raise InputError(f"{source}: not an ELF file, readelf -s text or kallsyms text")
     return table
-
-
-def read_symvers(path: str) -> Set[str]:
-    """Names exported by the kernel per ``Module.symvers``.
-
-    Lines are ``CRC<TAB>name<TAB>module<TAB>EXPORT_KIND[<TAB>namespace]``.
-    """
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read Module.symvers: {exc.strerror or exc}") from exc
-    names = set()
-    for line in lines:
-        fields = line.split("\t")
-        if len(fields) >= 3:
-            names.add(fields[1])
-    return names
-
-
-def read_symvers_namespaces(path: str) -> Dict[str, str]:
-    """Name -> symbol namespace, for the exports that have one (Module.symvers's 5th field)."""
-    out: Dict[str, str] = {}
-    for line in Path(path).read_text(errors="replace").splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 5 and fields[4]:
-            out[fields[1]] = fields[4]
-    return out
-
-
-def read_symvers_modules(path: str) -> Dict[str, str]:
-    """Name -> exporting object ("vmlinux" or a module path) from Module.symvers."""
-    out: Dict[str, str] = {}
-    for line in Path(path).read_text(errors="replace").splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 3:
-            out[fields[1]] = fields[2]
-    return out

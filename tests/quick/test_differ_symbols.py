@@ -116,10 +116,11 @@ def test_compiler_and_macro_counters_do_not_change_identity(orig, patched, paire
 
 
 def test_symvers_namespaces(tmp_path):
-    from pykpatch.differ.symbols import read_symvers_namespaces
+    from pykpatch.kernel.symvers import read_symvers
     symvers = tmp_path / "Module.symvers"
     symvers.write_text("0x1\tnvme_find_get_ns\tvmlinux\tEXPORT_SYMBOL_GPL\tNVME_TARGET_PASSTHRU\n"
                        "0x2\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
                        "0x3\tusb_stor_x\tdrivers/usb/storage/usb-storage\tEXPORT_SYMBOL_GPL\tUSB_STORAGE\n")
-    assert read_symvers_namespaces(str(symvers)) == {"nvme_find_get_ns": "NVME_TARGET_PASSTHRU",
-                                                     "usb_stor_x": "USB_STORAGE"}
+    exports = read_symvers(str(symvers))
+    assert {e.name: e.namespace for e in exports.values() if e.namespace} == {
+        "nvme_find_get_ns": "NVME_TARGET_PASSTHRU", "usb_stor_x": "USB_STORAGE"}
