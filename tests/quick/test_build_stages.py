@@ -1,7 +1,5 @@
 """kpatch-build's stages that need no kernel: patches, the tree guard, object lists, layouts."""
 
-import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -11,7 +9,7 @@ from pykpatch.build.layout import layout_changes, parse_pahole
 from pykpatch.build.module import module_name
 from pykpatch.build.objindex import parse_make_dry_run
 from pykpatch.build.patchfile import refuse_unpatchable, touched_files
-from pykpatch.build.workspace import BACKUP_DIR, JOURNAL, PatchedTree, restore_tree
+from pykpatch.build.workspace import BACKUP_DIR, JOURNAL, PatchedTree
 from pykpatch.errors import InputError, Refusal
 
 PATCH = """\

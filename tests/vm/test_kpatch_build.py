@@ -3,7 +3,6 @@
 import hashlib
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
