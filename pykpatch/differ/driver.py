@@ -13,7 +13,7 @@ from pykpatch.differ.bundle import PFX, index_object
 from pykpatch.differ.changes import mark_changes
 from pykpatch.differ.correlate import correlate
 from pykpatch.differ.include import has_callbacks, include_changes
-from pykpatch.differ.klp import decide_externals, kernel_name, object_files, object_locals
+from pykpatch.differ.klp import decide_externals, kernel_name
 from pykpatch.differ.mcount import add_mcount_loc, import_namespaces, restore_fentry_calls
 from pykpatch.differ.normalize import normalize_section_references
 from pykpatch.differ.refuse import check_patchability, raise_refusals
@@ -127,7 +127,7 @@ def patched_functions(state: DiffState, table: TargetSymbols) -> List[PatchedFun
         twin = state.twin_of(sym)
         assert isinstance(twin, Symbol)
         name = kernel_name(state, sym)
-        pos = table.sympos(name, local=twin.is_local, files=object_files(state),
-                           neighbours=object_locals(state))
+        pos = table.sympos(name, local=twin.is_local, files=state.orig.file_names,
+                           neighbours=state.orig.local_names)
         out.append(PatchedFunction(sym, name, state.options.objname, pos or 0))
     return out

@@ -41,17 +41,6 @@ def kernel_name(state: DiffState, sym: Symbol) -> str:
     return twin.name if isinstance(twin, Symbol) else sym.name
 
 
-def object_files(state: DiffState) -> "list[str]":
-    """FILE symbol names of the original object (which source files it is)."""
-    return [s.name for s in state.orig.elf.symbols if s.is_file]
-
-
-def object_locals(state: DiffState) -> "list[str]":
-    """Names of the original object's own local functions and data."""
-    return [s.name for s in state.orig.elf.symbols
-            if s.is_local and (s.is_func or s.is_object) and s.section is not None]
-
-
 def classify_external(state: DiffState, table: TargetSymbols, sym: Symbol) -> Optional[KlpTarget]:
     """None for a normal relocation, else the klp target of *sym*.
 
@@ -62,8 +51,8 @@ def classify_external(state: DiffState, table: TargetSymbols, sym: Symbol) -> Op
         return None
     defined_here = sym.section is not None
     local = sym.is_local
-    pos = table.sympos(name, local=local, files=object_files(state),
-                       neighbours=object_locals(state))
+    pos = table.sympos(name, local=local, files=state.orig.file_names,
+                       neighbours=state.orig.local_names)
     if pos is None:
         if defined_here and local:
             raise InputError(

@@ -11,6 +11,7 @@ Glossary (used in every stage):
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import Enum
 from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
@@ -41,6 +42,17 @@ class DiffObject:
     children: Dict[Symbol, List[Symbol]] = field(default_factory=dict)
     prefix_of: Dict[Symbol, Symbol] = field(default_factory=dict)  # func -> its __pfx_ symbol
     has_fentry: Set[Symbol] = field(default_factory=set)
+
+    @cached_property
+    def file_names(self) -> List[str]:
+        """FILE symbol names (which source files the object is built from)."""
+        return [s.name for s in self.elf.symbols if s.is_file]
+
+    @cached_property
+    def local_names(self) -> Set[str]:
+        """Names of the object's own local functions and data."""
+        return {s.name for s in self.elf.symbols
+                if s.is_local and (s.is_func or s.is_object) and s.section is not None}
 
     def relas(self, sec: Section) -> List[Rela]:
         """The ordinary relocations applying to *sec* (empty if none)."""
