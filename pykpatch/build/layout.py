@@ -10,7 +10,7 @@ prints it (member offsets and sizes, total size).
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from pykpatch.errors import KpatchError
 from pykpatch.process import run
@@ -37,11 +37,11 @@ class Layout:
 _ATTRIBUTE = re.compile(r"\s*__attribute__\(\(.*?\)\)\)*")
 
 
-def _member_name(decl: str, anonymous: int) -> str:
-    """The member's name; *anonymous* numbers the unnamed nested struct/union members."""
+def _member_name(decl: str) -> Optional[str]:
+    """The member's name; None for an unnamed nested struct or union."""
     decl = _ATTRIBUTE.sub("", decl).strip()
     if decl == "}":
-        return f"<anonymous #{anonymous}>"
+        return None
     m = re.search(r"(\w+)\s*(?:\[[^\]]*\])*\s*(?::\s*\d+)?$", decl)
     if "(*" in decl:
         m = re.search(r"\(\*\s*(\w+)\)", decl)
@@ -57,14 +57,16 @@ def parse_pahole(text: str) -> Dict[str, Layout]:
         if current is None:
             m = _STRUCT_START.match(line)
             if m:
-                current, depth = Layout(f"{m.group(1)} {m.group(2)}"), 1
+                current, depth, anonymous = Layout(f"{m.group(1)} {m.group(2)}"), 1, 0
             continue
         depth += line.count("{") - line.count("}")
         member = _MEMBER.match(line)
         if member and depth == 1:
-            anonymous = sum(1 for m in current.members if m[0].startswith("<anonymous"))
-            current.members.append((_member_name(member.group(1), anonymous + 1),
-                                    int(member.group(2)), int(member.group(3))))
+            name = _member_name(member.group(1))
+            if name is None:
+                anonymous += 1
+                name = f"<anonymous #{anonymous}>"
+            current.members.append((name, int(member.group(2)), int(member.group(3))))
         size = _SIZE.search(line)
         if size and depth == 1:
             current.size = int(size.group(1))

@@ -116,8 +116,9 @@ def _check_registration_tables(state: DiffState) -> None:
         patched = pair.get("patched")
         if patched is not None and state.status_of(patched) is Status.SAME:
             continue
-        added = _entry_targets(state.patched, patched) - _entry_targets(state.orig, pair.get("orig"))
-        removed = _entry_targets(state.orig, pair.get("orig")) - _entry_targets(state.patched, patched)
+        before = _entry_targets(state.orig, pair.get("orig"))
+        after = _entry_targets(state.patched, patched)
+        added, removed = after - before, before - after
         detail = "; ".join(part for part in (
             f"added for {', '.join(sorted(added))}" if added else "",
             f"dropped for {', '.join(sorted(removed))}" if removed else "") if part)
