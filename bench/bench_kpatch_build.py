@@ -9,7 +9,9 @@
 
 Usage: python3 bench/bench_kpatch_build.py [--skip-cold]
 The downloads come from the normal cache (~/.cache/pykpatch/debs); the cold
-run uses a temporary cache that links to them.
+run uses a temporary cache that links to them, deleted at the end.  Leave a
+few minutes between runs: right after a tree is deleted, ext4 creates files
+several times more slowly (docs/kpatch-build.md, "the cold build").
 """
 
 import argparse

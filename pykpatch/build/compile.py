@@ -6,6 +6,7 @@ from typing import Dict, Sequence
 
 from pykpatch.build.objindex import KernelObject
 from pykpatch.errors import KpatchError
+from pykpatch.kernel import kbuild
 from pykpatch.process import run
 
 # One section per function and per data object, so the differ can compare
@@ -18,7 +19,8 @@ def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[Kern
                     logfile: Path, what: str) -> Dict[str, Path]:
     """Build *objects* in *tree* with kbuild and copy them to *dest*; obj -> copy."""
     kcflags = f"{DIFF_CFLAGS} {extra_cflags}".strip()
-    argv = ["make", *make_args, f"KCFLAGS={kcflags}", *[o.obj for o in objects]]
+    argv = ["make", *make_args, *kbuild.not_remade(kbuild.PREPARE_GOAL), f"KCFLAGS={kcflags}",
+            *[o.obj for o in objects]]
     proc = run([argv[0], f"-j{jobs}", *argv[1:]], cwd=tree, logfile=logfile, check=False)
     if proc.returncode != 0 and jobs > 1 and _compiled_twice(proc.stdout):
         # A directory listed at the top level and inside another one

@@ -3,7 +3,7 @@
 A full build knows this from its ``.cmd`` files; we have no full build, so we
 ask kbuild itself: ``make -n vmlinux modules`` walks every Makefile under the
 real config and prints every compile command without running one (about
-15 s, cached in the tree).  Each ``CC`` line names the object, its source,
+8 s on two cores, cached in the tree).  Each ``CC`` line names the object, its source,
 and through ``-DMODULE``/``KBUILD_MODNAME`` whether it goes into vmlinux or
 which module.  That is exact: it is the build's own decision, not a guess
 from Makefile text.
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from pykpatch.errors import KpatchError
+from pykpatch.kernel import kbuild
 from pykpatch.process import run
 
 INDEX_FILE = ".pykpatch-objects.json"
@@ -33,7 +34,8 @@ _INDEX_VERSION = 1
 _CC_LINE = re.compile(r"echo '  CC (?:\[M\]|   )  (?P<obj>\S+\.o)'")
 _GCC_CMD = re.compile(
     r";\s+(?P<cmd>(?:\S*/)?gcc(?:-\d+)? -Wp,-MMD,\S+ .*? -c -o (?P<obj>\S+\.o) (?P<src>\S+\.c))\s+;")
-_MISSING_SOURCE = re.compile(r"No rule to make target '(?P<path>[^']+\.[chS])'")
+_NO_RULE = re.compile(r"No rule to make target '(?P<path>[^']+)'")
+_SOURCE_SUFFIXES = (".c", ".h", ".S")
 _MODNAME = re.compile(r"-DKBUILD_MODNAME='\"(?P<name>[^\"]+)\"'")
 # Directories whose lib-y objects are archived into lib.a, from which the
 # final link takes a member only when something calls into it.
@@ -69,6 +71,25 @@ class KernelObject:
         return self.module or "vmlinux"
 
 
+def check_nothing_missing(text: str, tree: Path) -> None:
+    """Raise unless ``make -n`` found a rule for everything but the link's inputs.
+
+    Without a rule for a prerequisite, make skips the objects needing it
+    and lists nothing for them: the index would silently miss them.  A
+    missing source is most likely one the lean tree left packed
+    (IncompleteTree); anything else means the tree is not prepared (the
+    host tools of ``archprepare`` generate some headers and sources).
+    """
+    missing = sorted({p for p in _NO_RULE.findall(text) if p not in kbuild.LINK_INPUTS})
+    sources = [p for p in missing if p.endswith(_SOURCE_SUFFIXES)]
+    if sources:
+        raise IncompleteTree(sources)
+    if missing:
+        raise KpatchError(f"listing the objects of {tree}: make has no rule for "
+                          f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+                          "is the tree prepared (make modules_prepare)?")
+
+
 def parse_make_dry_run(text: str) -> Dict[str, KernelObject]:
     """Objects by source path, from the output of ``make -n``."""
     objects: Dict[str, KernelObject] = {}
@@ -76,8 +97,8 @@ def parse_make_dry_run(text: str) -> Dict[str, KernelObject]:
         if not _CC_LINE.search(line):
             continue
         m = _GCC_CMD.search(line)
-        if not m:
-            continue
+        if not m or m.group("obj").startswith(kbuild.PREPARE_OBJECT_DIR):
+            continue  # (prepare's objects are listed only until prepare has built them)
         cmd = m.group("cmd")
         module = None
         if " -DMODULE " in cmd:
@@ -90,9 +111,11 @@ def parse_make_dry_run(text: str) -> Dict[str, KernelObject]:
 class ObjectIndex:
     """The objects of one prepared tree, by source file."""
 
-    def __init__(self, tree: Path, make_args: Sequence[str], logfile: Optional[Path] = None) -> None:
+    def __init__(self, tree: Path, make_args: Sequence[str], logfile: Optional[Path] = None,
+                 jobs: int = 2) -> None:
         self.tree = tree
         self.make_args = list(make_args)
+        self.jobs = jobs
         self.logfile = logfile
         self._objects: Optional[Dict[str, KernelObject]] = None
 
@@ -114,12 +137,14 @@ class ObjectIndex:
 
     def _scan(self) -> Dict[str, KernelObject]:
         # -k: the dry run cannot link vmlinux (nothing was built), but every
-        # compile command has been printed by then.
-        proc = run(["make", "-n", "-k", *self.make_args, "vmlinux", "modules"], cwd=self.tree,
+        # compile command has been printed by then.  Parallel, each sub-make's
+        # lines kept together.  objtool is left alone: -n does not reach its
+        # make, and modules_prepare may be building it.
+        proc = run(["make", "-n", "-k", f"-j{self.jobs}", "--output-sync=recurse",
+                    *self.make_args, *kbuild.not_remade(kbuild.OBJTOOL_GOAL),
+                    "vmlinux", "modules"], cwd=self.tree,
                    check=False, what="listing the kernel's objects (make -n)")
-        missing = sorted(set(_MISSING_SOURCE.findall(proc.stdout)))
-        if missing:
-            raise IncompleteTree(missing)
+        check_nothing_missing(proc.stdout, self.tree)
         objects = parse_make_dry_run(proc.stdout)
         if not objects:
             raise KpatchError(f"make -n in {self.tree} listed no objects", log=str(self.logfile))

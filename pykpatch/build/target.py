@@ -9,6 +9,7 @@ from typing import Callable, List, Optional
 
 from pykpatch.build.objindex import IncompleteTree, ObjectIndex
 from pykpatch.errors import InputError, KpatchError
+from pykpatch.kernel import kbuild
 from pykpatch.provider.debian import DebianKernel
 
 log = logging.getLogger("pykpatch")
@@ -60,30 +61,40 @@ def debian_target(release: Optional[str], cache: Optional[Path], jobs: int,
     """A target from Debian's packages, fetched and prepared through the cache."""
     kernel = DebianKernel(release or running_release(), cache=cache)
     kernel.download_all()
+    kernel.config  # the tree's key needs it: unpack the image first
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # Unpacking the debug vmlinux is one xz stream on one core: let it run
-        # while the source tree is prepared.
+        # Unpacking the headers and the debug vmlinux (one xz stream) is
+        # mostly one core's work: let it run while the source tree is made.
+        headers = pool.submit(lambda: kernel.headers_dir)
         dbg = None if (vmlinux or kallsyms) else pool.submit(lambda: kernel.vmlinux)
-        tree, index = _prepared_tree(kernel, jobs)
+        tree, index = prepared_tree(kernel, jobs)
+        headers_dir = headers.result()
         dbg_path = dbg.result() if dbg else None
     return Target(
         release=kernel.release.release, tree=tree, make_args=kernel.make_args(),
-        headers_dir=kernel.headers_dir, symbols=Path(kallsyms or vmlinux or dbg_path),
+        headers_dir=headers_dir, symbols=Path(kallsyms or vmlinux or dbg_path),
         modules_dir=kernel.modules_dir, config=kernel.config, vmlinux=vmlinux or dbg_path,
         index=index, debug_module=kernel.debug_module,
     )
 
 
-def _prepared_tree(kernel: DebianKernel, jobs: int) -> "tuple[Path, ObjectIndex]":
-    """The tree and its object index; unpacked in full if the lean tree lacks a source."""
-    tree = kernel.source_tree(jobs=jobs)
-    index = ObjectIndex(tree, kernel.make_args())
+def prepared_tree(kernel: DebianKernel, jobs: int) -> "tuple[Path, ObjectIndex]":
+    """The tree and its object index; unpacked in full if the lean tree lacks a source.
+
+    On a new tree the objects are listed while ``modules_prepare`` runs: the
+    dry run reads only the config and the Makefiles.
+    """
+    def list_objects(tree: Path) -> None:
+        ObjectIndex(tree, kernel.make_args(), jobs=jobs).objects
+
     try:
+        tree = kernel.source_tree(jobs=jobs, alongside=list_objects)
+        index = ObjectIndex(tree, kernel.make_args(), jobs=jobs)
         index.objects
     except IncompleteTree as missing:
         log.warning("%s; unpacking the whole source", missing)
-        tree = kernel.source_tree(jobs=jobs, full=True)
-        index = ObjectIndex(tree, kernel.make_args())
+        tree = kernel.source_tree(jobs=jobs, full=True, alongside=list_objects)
+        index = ObjectIndex(tree, kernel.make_args(), jobs=jobs)
     return tree, index
 
 
@@ -106,7 +117,7 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
     # The compiler named in the config: another one would make kbuild rerun
     # kconfig and rewrite the tree's .config.
     cc = (config_value(tree / ".config", "CC_VERSION_TEXT") or "gcc").split()[0]
-    make_args = [f"KERNELRELEASE={rel}", f"CC={cc}"]
+    make_args = kbuild.make_args(rel, cc)
     return Target(
         release=rel, tree=tree, make_args=make_args, headers_dir=headers_dir,
         symbols=Path(symbols), modules_dir=modules_dir, config=tree / ".config", vmlinux=vmlinux,

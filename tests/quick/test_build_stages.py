@@ -7,10 +7,10 @@ import pytest
 
 from pykpatch.build.layout import layout_changes, parse_pahole
 from pykpatch.build.module import module_name
-from pykpatch.build.objindex import parse_make_dry_run
+from pykpatch.build.objindex import IncompleteTree, check_nothing_missing, parse_make_dry_run
 from pykpatch.build.patchfile import refuse_unpatchable, touched_files
 from pykpatch.build.workspace import BACKUP_DIR, JOURNAL, PatchedTree
-from pykpatch.errors import InputError, Refusal
+from pykpatch.errors import InputError, KpatchError, Refusal
 
 PATCH = """\
 --- a/fs/proc/cmdline.c
@@ -123,15 +123,41 @@ MAKE_N = (
     "gcc-12 -Wp,-MMD,fs/ext4/.super.o.d -nostdinc -O2  -DMODULE  -DKBUILD_BASENAME='\"super\"' "
     "-DKBUILD_MODNAME='\"ext4\"' -D__KBUILD_MODNAME=kmod_ext4 -c -o fs/ext4/super.o fs/ext4/super.c   ; x\n"
     "set -e;  echo '  AR      fs/built-in.a'; ar cDPrST fs/built-in.a\n"
+    "set -e;  echo '  CC      scripts/mod/empty.o';  "
+    "gcc-12 -Wp,-MMD,scripts/mod/.empty.o.d -nostdinc -O2 -c -o scripts/mod/empty.o scripts/mod/empty.c ; x\n"
 )
 
 
 def test_objects_and_their_destination_come_from_kbuilds_dry_run():
-    objects = parse_make_dry_run(MAKE_N)
+    objects = parse_make_dry_run(MAKE_N)  # prepare's own scripts/mod/empty.o is not one of them
     assert set(objects) == {"fs/proc/cmdline.c", "fs/ext4/super.c"}
     assert objects["fs/proc/cmdline.c"].target == "vmlinux"
     assert objects["fs/ext4/super.c"].target == "ext4"
     assert objects["fs/ext4/super.c"].command.endswith("-c -o fs/ext4/super.o fs/ext4/super.c")
+
+
+NO_RULE = "make[3]: *** No rule to make target '{}', needed by '{}'.  Stop.\n"
+
+
+def test_a_dry_run_that_could_not_reach_the_link_is_complete(tmp_path):
+    check_nothing_missing(MAKE_N + NO_RULE.format("vmlinux.a", "vmlinux.o"), tmp_path)
+
+
+def test_a_source_missing_from_the_dry_run_asks_for_the_whole_tree(tmp_path):
+    text = MAKE_N + NO_RULE.format("drivers/gpu/drm/tiny/bochs.c", "drivers/gpu/drm/tiny/bochs.o")
+    with pytest.raises(IncompleteTree) as missing:
+        check_nothing_missing(text, tmp_path)
+    assert missing.value.missing == ["drivers/gpu/drm/tiny/bochs.c"]
+
+
+def test_a_host_tool_missing_from_the_dry_run_is_an_unprepared_tree(tmp_path):
+    # Without selinux's genheaders, make skips every object needing flask.h
+    # and prints nothing for them: an index made so would silently miss them.
+    text = MAKE_N + NO_RULE.format("scripts/selinux/genheaders/genheaders",
+                                   "security/selinux/flask.h")
+    with pytest.raises(KpatchError, match="genheaders.*is the tree prepared") as error:
+        check_nothing_missing(text, tmp_path)
+    assert not isinstance(error.value, IncompleteTree)
 
 
 @pytest.mark.parametrize("patches,name,expected", [

@@ -23,10 +23,11 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from pykpatch.build.compile import compile_objects
-from pykpatch.build.objindex import KernelObject, ObjectIndex
+from pykpatch.build.objindex import KernelObject
 from pykpatch.build.patchfile import touched_files
 from pykpatch.build.pipeline import INCLUDE_DIR
 from pykpatch.build.structsizes import struct_sizes
+from pykpatch.build.target import prepared_tree
 from pykpatch.build.workspace import BACKUP_DIR, PatchedTree
 from pykpatch.differ.driver import DiffResult, Outcome, diff_objects
 from pykpatch.differ.state import Options
@@ -282,9 +283,8 @@ def _rounds(patches: List[Tuple[Path, str]]) -> List[List[Tuple[Path, str]]]:
 
 @pytest.fixture(scope="session")
 def corpus(kernel, tmp_path_factory) -> Corpus:
-    tree = kernel.source_tree()
+    tree, index = prepared_tree(kernel, jobs=2)
     make_args = kernel.make_args()
-    index = ObjectIndex(tree, make_args)
     work = tmp_path_factory.mktemp("differ-objects")
     logfile = work / "build.log"
     patches = []

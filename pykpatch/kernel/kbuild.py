@@ -1,0 +1,61 @@
+"""What pykpatch relies on in kbuild, the kernel's build system (Linux 6.1).
+
+``make prepare`` (which ``modules_prepare`` and every single-object build
+depend on) also builds two programs under ``tools/``, each through a make
+whose MAKEFLAGS kbuild resets (top-level Makefile, ``tools/%`` rule):
+
+* objtool, which kbuild runs on every object right after compiling it, so
+  compiled objects depend on it;
+* resolve_btfids, which only the links of vmlinux and of ``.ko`` files use,
+  with its own copies of libbpf and libsubcmd: half the time of
+  ``modules_prepare`` on two cores, for nothing we compile.
+
+Because MAKEFLAGS is reset, ``make -n`` does not reach those makes: a dry run
+really builds both tools.
+"""
+
+from typing import List
+
+OBJTOOL_GOAL = "tools/objtool"
+RESOLVE_BTFIDS_GOAL = "tools/bpf/resolve_btfids"
+
+# The first part of `prepare`: the config synced into include/config and
+# include/generated, and the host tools under scripts/ that generate sources
+# and headers during the build (asn1_compiler, selinux's genheaders...).
+# After it, `make -n` can list every object: what `prepare` still does
+# (scripts/mod, asm-offsets, objtool) only serves compiling.
+CONFIG_AND_HOST_TOOLS_GOAL = "archprepare"
+
+# What every single-object build depends on, and what a prepared tree has
+# done once.  Its own objects (asm-offsets, bounds, scripts/mod) are compiled
+# with KCFLAGS: remade in each build with other KCFLAGS than the last, they
+# cost more than the object wanted.
+PREPARE_GOAL = "prepare"
+
+# What `make -n vmlinux modules` cannot find a rule for in a tree where
+# nothing has been compiled: the link's input archive.
+LINK_INPUTS = frozenset({"vmlinux.a"})
+
+# Objects `prepare` itself compiles, part of neither vmlinux nor a module.
+PREPARE_OBJECT_DIR = "scripts/"
+
+
+def not_remade(*goals: str) -> List[str]:
+    """make options treating *goals* as up to date.
+
+    make's ``-o`` is not passed on to sub-makes, and the ``tools/...`` goals
+    are prerequisites of ``prepare`` in the top-level make only, which is
+    where the option takes effect.
+    """
+    return [arg for goal in goals for arg in ("-o", goal)]
+
+
+def make_args(release: str, compiler: str) -> List[str]:
+    """Arguments every ``make`` in a prepared tree gets.
+
+    ``KERNELRELEASE`` because the source's own version (6.1.192) is not the
+    running kernel's release (6.1.0-56-cloud-amd64); ``CC`` so that kconfig
+    keeps the config's CONFIG_CC_VERSION_TEXT (Debian builds with gcc-12);
+    resolve_btfids never built, as nothing we compile uses it.
+    """
+    return [f"KERNELRELEASE={release}", f"CC={compiler}", *not_remade(RESOLVE_BTFIDS_GOAL)]
