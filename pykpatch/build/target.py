@@ -61,13 +61,14 @@ def debian_target(release: Optional[str], cache: Optional[Path], jobs: int,
     """A target from Debian's packages, fetched and prepared through the cache."""
     kernel = DebianKernel(release or running_release(), cache=cache)
     kernel.download_all()
-    kernel.config  # the tree's key needs it: unpack the image first
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # Unpacking the headers and the debug vmlinux (one xz stream) is
-        # mostly one core's work: let it run while the source tree is made.
+        # Unpacking the other packages is mostly one core's work (the debug
+        # vmlinux is one xz stream): let it run while the source tree is made.
+        image = pool.submit(lambda: kernel.image_dir)
         headers = pool.submit(lambda: kernel.headers_dir)
         dbg = None if (vmlinux or kallsyms) else pool.submit(lambda: kernel.vmlinux)
         tree, index = prepared_tree(kernel, jobs)
+        image.result()
         headers_dir = headers.result()
         dbg_path = dbg.result() if dbg else None
     return Target(

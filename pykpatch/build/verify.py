@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from pykpatch.elf.model import ElfFile, Symbol
 from pykpatch.elf.reader import EHDR, SHDR, read_elf
-from pykpatch.elf.symtab import SymbolEntry, read_symbol_table
+from pykpatch.elf.symtab import SymbolEntry, cached_symbol_table
 
 STT_FUNC = 2
 _RELOC_WIDTH = {1: 8, 2: 4, 4: 4, 9: 4, 10: 4, 11: 4, 24: 8, 42: 4}  # x86-64 type -> bytes
@@ -38,7 +38,7 @@ class TargetBinary:
 
     def _load(self) -> None:
         self._symbols = {}
-        for sym in read_symbol_table(self.path):
+        for sym in cached_symbol_table(self.path):
             if sym.type == STT_FUNC:
                 self._symbols.setdefault(sym.name, []).append(sym)
         with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:

@@ -22,7 +22,7 @@ from pykpatch.elf.constants import (
     STT_NOTYPE, STT_OBJECT, STT_SECTION,
 )
 from pykpatch.elf.model import ElfFile
-from pykpatch.elf.symtab import read_symbol_table
+from pykpatch.elf.symtab import cached_symbol_table
 from pykpatch.errors import InputError
 from pykpatch.kernel.symvers import read_symvers
 
@@ -141,7 +141,7 @@ def _from_path(path: str) -> TargetSymbols:
         raise InputError(f"{path}: cannot read symbols: {exc.strerror or exc}") from exc
     if head == ELFMAG:
         return _from_entries(path, ((e.name, e.value, e.bind, e.type, e.shndx)
-                                    for e in read_symbol_table(path)))
+                                    for e in cached_symbol_table(path)))
     text = Path(path).read_text(errors="replace")
     if "Symbol table" in text or re.search(_READELF_LINE.pattern, text[:20000], re.M):
         return _from_readelf_text(path, text)

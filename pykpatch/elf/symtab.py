@@ -5,10 +5,12 @@ Here the file is mmapped and only the section headers, ``.symtab`` and its
 string table are touched.
 """
 
+import functools
 import mmap
+import os
 import struct
 from pathlib import Path
-from typing import List, NamedTuple, Union
+from typing import List, NamedTuple, Sequence, Union
 
 from pykpatch.elf.constants import SHN_XINDEX, SHT_SYMTAB, SHT_SYMTAB_SHNDX
 from pykpatch.elf.reader import EHDR, SHDR, SYM, check_elf_identity
@@ -42,6 +44,24 @@ def read_symbol_table(path: Union[str, Path]) -> List[SymbolEntry]:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except ValueError as exc:  # mmap of an empty file
         raise InputError(f"{path}: not an ELF file ({exc})") from exc
+
+
+def cached_symbol_table(path: Union[str, Path]) -> Sequence[SymbolEntry]:
+    """:func:`read_symbol_table`, read once per version of the file (do not modify it).
+
+    One build reads the vmlinux's 116,000 symbols for the differ's klp
+    relocations and again to check the original code: half a second each.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return _cached_read(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_read(path: str, _mtime_ns: int, _size: int) -> Sequence[SymbolEntry]:
+    return tuple(read_symbol_table(path))
 
 
 def _read(view: memoryview, name: str) -> List[SymbolEntry]:

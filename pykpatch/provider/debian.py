@@ -286,7 +286,9 @@ class DebianKernel:
 
     @property
     def config(self) -> Path:
-        return self.image_dir / "boot" / f"config-{self.release.release}"
+        """The kernel's config, taken alone from the image package (it comes first there)."""
+        target = self.kernel_dir / f"config-{self.release.release}"
+        return self._extract_member("image", f"./boot/config-{self.release.release}", target)
 
     @property
     def modules_dir(self) -> Path:
@@ -302,7 +304,8 @@ class DebianKernel:
     def vmlinux(self) -> Path:
         """The debug vmlinux: full symbol table, FILE symbols, DWARF."""
         target = self.kernel_dir / "dbg" / f"vmlinux-{self.release.release}"
-        return self._from_dbg(f"./usr/lib/debug/boot/vmlinux-{self.release.release}", target)
+        return self._extract_member("dbg", f"./usr/lib/debug/boot/vmlinux-{self.release.release}",
+                                    target)
 
     def debug_module(self, module: Path) -> Path:
         """The debug counterpart of shipped module *module* (a path under
@@ -311,18 +314,20 @@ class DebianKernel:
         rel = module.relative_to(self.modules_dir)
         target = self.kernel_dir / "dbg" / "modules" / rel
         member = f"./usr/lib/debug/lib/modules/{self.release.release}/{rel}"
-        return self._from_dbg(member, target)
+        return self._extract_member("dbg", member, target)
 
-    def _from_dbg(self, member: str, target: Path) -> Path:
-        """*member* of the dbg package, extracted once to *target*."""
+    def _extract_member(self, role: str, member: str, target: Path) -> Path:
+        """*member* of the package of *role*, extracted once to *target*."""
         if target.is_file():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
-        log.info("extracting %s from %s", member.lstrip("./"), self.deb("dbg").name)
-        # One member of 2.5 GB of debug info: tar stops at the first match.
+        deb = self.deb(role)
+        log.info("extracting %s from %s", member.lstrip("./"), deb.name)
+        # tar stops at the first match: one file of the dbg package's 2.5 GB
+        # is read only up to where it ends.
         with open(tmp, "wb") as out:
-            fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(self.deb("dbg"))],
+            fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             tar = subprocess.run(["tar", "-xO", "--occurrence=1", member], stdin=fsys.stdout,
                                  stdout=out, stderr=subprocess.PIPE)
@@ -330,7 +335,7 @@ class DebianKernel:
             fsys.wait()  # killed by SIGPIPE when tar stops early: expected
         if tar.returncode != 0 or tmp.stat().st_size == 0:
             tmp.unlink()
-            raise KpatchError(f"{self.deb('dbg').name} has no {member}")
+            raise KpatchError(f"{deb.name} has no {member}")
         tmp.rename(target)
         return target
 
