@@ -11,11 +11,13 @@ Cache layout (under :func:`pykpatch.cache.cache_dir`)::
 
     debs/                               the downloaded .deb files
     kernels/<release>_<version>/
+        config-<release>  the kernel's config, taken alone from the image package
         image/    boot/vmlinuz-*, boot/config-*, lib/modules/<release>/
         headers/  usr/src/linux-headers-*, usr/lib/linux-kbuild-*
         dbg/      vmlinux-<release> (full symbol table and DWARF), and
                   modules/<path>.ko debug modules, extracted when needed
-        tree-<key>/  prepared source tree (key: config + compiler)
+        tree-<key>/  prepared source tree (key: config + compiler); tree-<key>-full/
+                  when the lean one lacked a file the build wanted
 """
 
 import hashlib
@@ -421,9 +423,12 @@ class DebianKernel:
         tarballs = list((src_root / "usr/src").glob("linux-source-*.tar.*"))
         if not tarballs:
             raise KpatchError(f"{self.deb('source').name} holds no source tarball")
-        # --anchored: each pattern (all start with "*/") is matched once per
-        # name, not again after every "/" of it: 5 s less CPU for this tree.
-        run(["tar", "-xaf", tarballs[0], "-C", dest, "--strip-components=1", "--anchored",
+        # Debian's tarball is xz in 55 blocks, which xz 5.4 decompresses on
+        # every core.  --anchored: each pattern (all start with "*/") is
+        # matched once per name, not again after every "/": 5 s less CPU.
+        tarball = tarballs[0]
+        decompress = ["-I", "xz -T0"] if tarball.name.endswith(".xz") else ["-a"]
+        run(["tar", *decompress, "-xf", tarball, "-C", dest, "--strip-components=1", "--anchored",
              *[f"--exclude={p}" for p in exclude]], what="unpacking the kernel source")
 
     def _configure(self, tree: Path, jobs: int, logfile: Path) -> None:
