@@ -104,7 +104,9 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
                   modules_dir: Optional[Path]) -> Target:
     """A target from a prepared tree the user gives (``-s``), for non-Debian kernels."""
     tree = sourcedir.resolve()
-    for needed in (".config", "include/generated/autoconf.h"):
+    config = tree / ".config"
+    objtool = config.is_file() and config_value(config, "OBJTOOL") == "y"
+    for needed in kbuild.prepared_tree_files(objtool):
         if not (tree / needed).exists():
             raise InputError(f"{tree} is not a prepared kernel tree (no {needed}); run "
                              "'make olddefconfig modules_prepare' in it first")

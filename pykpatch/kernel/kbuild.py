@@ -40,6 +40,13 @@ LINK_INPUTS = frozenset({"vmlinux.a"})
 PREPARE_OBJECT_DIR = "scripts/"
 
 
+def prepared_tree_files(objtool: bool) -> List[str]:
+    """Files a tree has once ``modules_prepare`` is done, which compiles need
+    (objects are built with ``-o prepare``: nothing will make them later)."""
+    files = [".config", "include/generated/autoconf.h", "include/generated/asm-offsets.h"]
+    return files + (["tools/objtool/objtool"] if objtool else [])
+
+
 def not_remade(*goals: str) -> List[str]:
     """make options treating *goals* as up to date.
 

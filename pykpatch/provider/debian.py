@@ -448,7 +448,9 @@ class DebianKernel:
                          alongside: Optional[Callable[[Path], None]]) -> None:
         """``make modules_prepare``, with *alongside* run at the same time.
 
-        When both fail, the failure of ``modules_prepare`` is the one raised.
+        Either way make has finished when this returns or raises (the caller
+        removes the tree on failure).  When both fail, the failure of
+        ``modules_prepare`` is raised: the listing depends on it.
         """
         make = ["make", f"-j{jobs}", *self.make_args(), "modules_prepare"]
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -457,5 +459,9 @@ class DebianKernel:
             try:
                 if alongside is not None:
                     alongside(tree)
-            finally:
-                preparing.result()
+            except Exception as listing_failed:
+                failed = preparing.exception()  # (waits for make)
+                if failed is not None:
+                    raise failed from listing_failed
+                raise
+            preparing.result()

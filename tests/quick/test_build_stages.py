@@ -9,6 +9,7 @@ from pykpatch.build.layout import layout_changes, parse_pahole
 from pykpatch.build.module import module_name
 from pykpatch.build.objindex import IncompleteTree, check_nothing_missing, parse_make_dry_run
 from pykpatch.build.patchfile import refuse_unpatchable, touched_files
+from pykpatch.build.target import custom_target
 from pykpatch.build.workspace import BACKUP_DIR, JOURNAL, PatchedTree
 from pykpatch.errors import InputError, KpatchError, Refusal
 
@@ -241,3 +242,18 @@ def test_pahole_members_with_attributes_and_anonymous_unions_keep_their_names():
     assert layout.members == [("net", 0, 8), ("sndnxt", 64, 8), ("<anonymous #1>", 72, 8),
                               ("named", 80, 8)]
     assert layout.size == 128
+
+
+@pytest.mark.parametrize("present,missing", [
+    ([], ".config"),
+    ([".config", "include/generated/autoconf.h"], "include/generated/asm-offsets.h"),
+    ([".config", "include/generated/autoconf.h", "include/generated/asm-offsets.h"],
+     "tools/objtool/objtool"),
+])
+def test_a_sourcedir_that_is_not_prepared_is_refused_naming_what_it_lacks(tmp_path, present,
+                                                                          missing):
+    for rel in present:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("CONFIG_OBJTOOL=y\n")
+    with pytest.raises(InputError, match=f"not a prepared kernel tree \\(no {missing}\\)"):
+        custom_target(tmp_path, None, tmp_path / "vmlinux", None, None, None)

@@ -1,12 +1,13 @@
 """The Debian kernel provider's decisions, on package listings written out here."""
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
 from pykpatch.errors import KpatchError
-from pykpatch.provider.debian import DebianRelease, choose_versions
+from pykpatch.provider.debian import DebianKernel, DebianRelease, choose_versions
 from pykpatch.testbed.rootfs import debian_mirror
 
 REL = DebianRelease.parse("6.1.0-56-cloud-amd64")
@@ -91,3 +92,44 @@ def test_no_debian_source_is_a_clear_error(tmp_path: Path):
     (tmp_path / "sources.list").write_text("deb http://other.example/ubuntu jammy main\n")
     with pytest.raises(KpatchError, match="no apt source for Debian bookworm"):
         debian_mirror(tmp_path)
+
+
+def _kernel_with_toy_tree(tmp_path, monkeypatch, recipe):
+    """A DebianKernel whose tree is a directory with a toy Makefile (real make)."""
+    (tmp_path / "Makefile").write_text(f"modules_prepare:\n\t{recipe}\n")
+    kernel = DebianKernel("6.1.0-56-cloud-amd64", cache=tmp_path / "cache")
+    monkeypatch.setattr(kernel, "make_args", lambda: [])
+    return kernel
+
+
+def _failing_listing(tree):
+    raise KpatchError("listing failed")
+
+
+def test_a_failed_listing_waits_for_modules_prepare_then_raises(tmp_path, monkeypatch):
+    kernel = _kernel_with_toy_tree(tmp_path, monkeypatch, "@sleep 0.5; touch done")
+    with pytest.raises(KpatchError, match="listing failed"):
+        kernel._prepare_modules(tmp_path, 1, tmp_path / "log", _failing_listing)
+    assert (tmp_path / "done").exists()  # make finished before the error came back
+
+
+def test_when_both_fail_the_preparation_is_the_error(tmp_path, monkeypatch):
+    kernel = _kernel_with_toy_tree(tmp_path, monkeypatch, "@sleep 0.2; exit 3")
+    with pytest.raises(KpatchError, match="make modules_prepare failed"):
+        kernel._prepare_modules(tmp_path, 1, tmp_path / "log", _failing_listing)
+
+
+def test_the_listing_runs_while_modules_prepare_does(tmp_path, monkeypatch):
+    kernel = _kernel_with_toy_tree(tmp_path, monkeypatch, "@touch started; sleep 1; touch done")
+    seen = {}
+
+    def listing(tree):
+        for _ in range(100):
+            if (tree / "started").exists():
+                break
+            time.sleep(0.01)
+        seen["prepare running"] = (tree / "started").exists() and not (tree / "done").exists()
+
+    kernel._prepare_modules(tmp_path, 1, tmp_path / "log", listing)
+    assert seen == {"prepare running": True}
+    assert (tmp_path / "done").exists()
