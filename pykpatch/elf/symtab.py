@@ -5,13 +5,12 @@ Here the file is mmapped and only the section headers, ``.symtab`` and its
 string table are touched.
 """
 
-import functools
 import mmap
-import os
 import struct
 from pathlib import Path
 from typing import List, NamedTuple, Sequence, Union
 
+from pykpatch.cache import once_per_file_version
 from pykpatch.elf.constants import SHN_XINDEX, SHT_SYMTAB, SHT_SYMTAB_SHNDX
 from pykpatch.elf.reader import EHDR, SHDR, SYM, check_elf_identity
 from pykpatch.errors import InputError
@@ -53,14 +52,13 @@ def cached_symbol_table(path: Union[str, Path]) -> Sequence[SymbolEntry]:
     relocations and again to check the original code: half a second each.
     """
     try:
-        st = os.stat(path)
+        return _symbol_table_once(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    return _cached_read(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_read(path: str, _mtime_ns: int, _size: int) -> Sequence[SymbolEntry]:
+@once_per_file_version
+def _symbol_table_once(path: str) -> Sequence[SymbolEntry]:
     return tuple(read_symbol_table(path))
 
 

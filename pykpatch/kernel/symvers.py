@@ -9,12 +9,11 @@ One line per export, tab-separated, as scripts/mod/modpost.c writes it::
 exports outside a symbol namespace.
 """
 
-import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, Union
 
+from pykpatch.cache import once_per_file_version
 from pykpatch.errors import InputError
 
 
@@ -34,21 +33,15 @@ def read_symvers(path: Union[str, Path]) -> Dict[str, Export]:
     :raises InputError: the file cannot be read.
     """
     try:
-        stat = os.stat(path)
+        return _parse(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read Module.symvers: {exc.strerror or exc}") from exc
-    return _parse(str(path), (stat.st_mtime_ns, stat.st_size))
 
 
-@lru_cache(maxsize=4)
-def _parse(path: str, version: Tuple[int, int]) -> Dict[str, Export]:
-    # *version* is only part of the cache key: a rewritten file is read again.
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read Module.symvers: {exc.strerror or exc}") from exc
+@once_per_file_version
+def _parse(path: str) -> Dict[str, Export]:
     exports = {}
-    for line in lines:
+    for line in Path(path).read_text(errors="replace").splitlines():
         fields = line.split("\t")
         if len(fields) >= 3:
             namespace = fields[4] if len(fields) >= 5 else ""
