@@ -119,11 +119,11 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
     rel = release or (tree / "include/config/kernel.release").read_text().strip()
     # The compiler named in the config: another one would make kbuild rerun
     # kconfig and rewrite the tree's .config.
-    cc = (config_value(tree / ".config", "CC_VERSION_TEXT") or "gcc").split()[0]
+    cc = (config_value(config, "CC_VERSION_TEXT") or "gcc").split()[0]
     make_args = kbuild.make_args(rel, cc)
     return Target(
         release=rel, tree=tree, make_args=make_args, headers_dir=headers_dir,
-        symbols=Path(symbols), modules_dir=modules_dir, config=tree / ".config", vmlinux=vmlinux,
+        symbols=Path(symbols), modules_dir=modules_dir, config=config, vmlinux=vmlinux,
         index=ObjectIndex(tree, make_args),
     )
 
