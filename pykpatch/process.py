@@ -5,13 +5,15 @@ user can read after a failure) and run with an explicit ``cwd``; nothing
 here calls ``chdir``.
 """
 
+import contextlib
 import logging
 import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
-from typing import IO, Mapping, Optional, Sequence, Union
+from typing import IO, List, Mapping, Optional, Sequence, Union
 
 from pykpatch.errors import KpatchError
 
@@ -79,3 +81,54 @@ def _write_entry(f: IO[str], argv: Sequence[str], cwd: Optional[Path],
     f.write(f"$ {shlex.join(argv)}" + (f"   # in {cwd}" if cwd else "") + "\n")
     f.write(proc.stdout)
     f.write(f"[exit {proc.returncode}]\n")
+
+
+_SIGPIPE = -13
+
+
+def run_pipeline(commands: Sequence[Command], *, cwd: Optional[Path] = None,
+                 what: str, stdout: Optional[IO[bytes]] = None,
+                 last_stops_early: bool = False) -> None:
+    """Run ``commands[0] | commands[1] | ...``; raise naming *what* unless all succeed.
+
+    The last command's output goes to *stdout* (discarded when None).  A
+    command killed by SIGPIPE is not a failure of its own: a later one
+    stopped reading and is reported if it failed.  With *last_stops_early*
+    the last command stops reading once it has what it wants (``tar
+    --occurrence``): the others may then fail in any way (dpkg-deb exits 2),
+    and only the last one's status counts.
+    """
+    argvs = [[str(a) for a in cmd] for cmd in commands]
+    log.debug("run: %s%s", " | ".join(shlex.join(a) for a in argvs), f" (in {cwd})" if cwd else "")
+    with contextlib.ExitStack() as stack:
+        # Errors go to files: a full stderr pipe would stall the pipeline.
+        errors = [stack.enter_context(tempfile.TemporaryFile()) for _ in argvs]
+        codes = _run_connected(argvs, errors, cwd, stdout)
+        judged = list(zip(argvs, codes, errors))
+        if last_stops_early and codes[-1] == 0:
+            judged = judged[-1:]
+        for argv, code, err in judged:
+            if code not in (0, _SIGPIPE):
+                err.seek(0)
+                tail = "\n".join(err.read().decode(errors="replace").strip().splitlines()[-15:])
+                raise KpatchError(f"{what} failed ({argv[0]}: exit {code}):\n{tail}")
+
+
+def _run_connected(argvs: Sequence[List[str]], errors: Sequence[IO[bytes]], cwd: Optional[Path],
+                   stdout: Optional[IO[bytes]]) -> List[int]:
+    """Start the commands, each reading the previous one's output; their exit codes."""
+    procs: List[subprocess.Popen] = []
+    try:
+        for argv, err in zip(argvs, errors):
+            last = len(procs) == len(argvs) - 1
+            procs.append(subprocess.Popen(
+                argv, cwd=cwd, stdin=procs[-1].stdout if procs else subprocess.DEVNULL,
+                stdout=(stdout or subprocess.DEVNULL) if last else subprocess.PIPE, stderr=err))
+            if len(procs) > 1:
+                procs[-2].stdout.close()  # only the next command reads it now
+    except FileNotFoundError as missing:
+        for p in procs:
+            p.kill()
+            p.wait()
+        raise KpatchError(f"cannot run '{missing.filename}': not installed") from None
+    return [p.wait() for p in procs]

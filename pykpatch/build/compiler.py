@@ -36,11 +36,21 @@ def check_compiler(target: Target) -> str:
         raise Refusal(f"compiler mismatch: the kernel was built with '{expected}', this "
                       f"machine has '{found}'; objects would not match the running code "
                       "(install that compiler, or --skip-compiler-check at your own risk)")
-    comment = vmlinux_comment(target.vmlinux) if target.vmlinux else None
-    if comment and _version_of(expected) not in comment:
-        raise Refusal(f"compiler mismatch: {target.vmlinux} says '{comment}', its config says "
-                      f"'{expected}' (use --skip-compiler-check to build anyway)")
     return found
+
+
+def check_vmlinux_compiler(target: Target) -> None:
+    """Refuse when the vmlinux names another compiler than its config does.
+
+    Separate from :func:`check_compiler` because the vmlinux may still be
+    unpacking when the compiles start.
+    """
+    vmlinux = target.vmlinux
+    comment = vmlinux_comment(vmlinux) if vmlinux else None
+    expected = kernel_compiler_text(target)
+    if comment and _version_of(expected) not in comment:
+        raise Refusal(f"compiler mismatch: {vmlinux} says '{comment}', its config says "
+                      f"'{expected}' (use --skip-compiler-check to build anyway)")
 
 
 def _version_of(text: str) -> str:

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 from pykpatch.build.affected import AffectedObjects, affected_objects, patch_files
 from pykpatch.build.compile import compile_objects
-from pykpatch.build.compiler import check_compiler
+from pykpatch.build.compiler import check_compiler, check_vmlinux_compiler
 from pykpatch.build.layout import layout_changes
 from pykpatch.build.module import ModuleInputs, check_module, link_module, module_name
 from pykpatch.build.objindex import KernelObject, may_be_archive_member
@@ -86,6 +86,8 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
     work = Path(tempfile.mkdtemp(prefix=f"kpatch-build-{name}-"))
     try:
         orig, patched = compile_twice(target, patches, affected, work, opts.jobs, logfile, progress)
+        if not opts.skip_compiler_check:
+            check_vmlinux_compiler(target)
         progress.stage(f"diffing {len(affected.objects)} object(s)")
         outputs, reports = diff_all(target, affected, orig, patched, sizes, name, work)
         progress.stage(f"linking {name}.ko")

@@ -1,11 +1,13 @@
 """The kernel a patch is built for, and everything about it the build reads."""
 
 import logging
+import os
 import platform
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from pykpatch.build.objindex import IncompleteTree, ObjectIndex
 from pykpatch.errors import InputError, KpatchError
@@ -14,11 +16,23 @@ from pykpatch.provider.debian import DebianKernel
 
 log = logging.getLogger("pykpatch")
 
+_BACKGROUND_NICENESS = 10
+
+
+# A path known later: unpacked in the background, or on first use.
+PathLater = Callable[[], Optional[Path]]
+
+
+def known(path: Optional[Path]) -> PathLater:
+    return lambda: path
+
 
 @dataclass
 class Target:
     """Paths and facts of one target kernel.
 
+    The files from the packages other than the source arrive later: each
+    ``find_*`` gives its path, waiting for it if it is still being unpacked.
     *symbols* is what klp relocations are resolved against for vmlinux: the
     debug vmlinux (FILE symbols tell same-named locals apart) or a
     ``/proc/kallsyms`` copy.  *modules_dir* holds the shipped modules, whose
@@ -28,28 +42,51 @@ class Target:
     release: str
     tree: Path
     make_args: List[str]
-    headers_dir: Path
-    symbols: Path
-    modules_dir: Optional[Path]
     config: Path
-    vmlinux: Optional[Path]
     index: ObjectIndex
+    find_headers_dir: PathLater
+    find_symbols: PathLater
+    find_vmlinux: PathLater
+    find_modules_dir: PathLater = known(None)
     debug_module: Optional[Callable[[Path], Path]] = None
+
+    @property
+    def headers_dir(self) -> Path:
+        return self._required(self.find_headers_dir, "headers directory")
+
+    @property
+    def symbols(self) -> Path:
+        return self._required(self.find_symbols, "symbol file")
+
+    @property
+    def vmlinux(self) -> Optional[Path]:
+        return self.find_vmlinux()
+
+    @property
+    def modules_dir(self) -> Optional[Path]:
+        return self.find_modules_dir()
 
     @property
     def symvers(self) -> Path:
         return self.headers_dir / "Module.symvers"
 
+    def _required(self, find: PathLater, what: str) -> Path:
+        path = find()
+        if path is None:
+            raise KpatchError(f"no {what} for {self.release}")
+        return path
+
     def module_file(self, name: str) -> Path:
         """The shipped .ko of module *name* (``-`` and ``_`` are the same to the kernel)."""
-        if self.modules_dir is None:
+        modules_dir = self.modules_dir
+        if modules_dir is None:
             raise InputError(f"no modules directory for {self.release}: cannot patch module {name}")
         wanted = name.replace("-", "_")
-        for path in self.modules_dir.rglob("*.ko*"):
+        for path in modules_dir.rglob("*.ko*"):
             if path.name.split(".ko")[0].replace("-", "_") == wanted:
                 return path
         raise KpatchError(f"module {name} is not among the modules of {self.release} "
-                          f"({self.modules_dir})")
+                          f"({modules_dir})")
 
 
 def running_release() -> str:
@@ -58,28 +95,56 @@ def running_release() -> str:
 
 def debian_target(release: Optional[str], cache: Optional[Path], jobs: int,
                   vmlinux: Optional[Path], kallsyms: Optional[Path]) -> Target:
-    """A target from Debian's packages, fetched and prepared through the cache."""
+    """A target from Debian's packages, fetched and prepared through the cache.
+
+    The debug vmlinux and the headers are unpacked in the background, at a
+    low priority, from when the source is unpacked (see
+    :meth:`DebianKernel.source_tree`): they take what the mostly
+    single-threaded configuration and compiles leave of the CPU, and the
+    build waits for them only where it reads them.  The image package is
+    unpacked only when a module is patched.
+    """
     kernel = DebianKernel(release or running_release(), cache=cache)
     kernel.download_all()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Unpacking the other packages is mostly one core's work (the debug
-        # vmlinux is one xz stream): let it run while the source tree is made.
-        image = pool.submit(lambda: kernel.image_dir)
-        headers = pool.submit(lambda: kernel.headers_dir)
-        dbg = None if (vmlinux or kallsyms) else pool.submit(lambda: kernel.vmlinux)
-        tree, index = prepared_tree(kernel, jobs)
-        image.result()
-        headers_dir = headers.result()
-        dbg_path = dbg.result() if dbg else None
+    background = ThreadPoolExecutor(max_workers=1, initializer=_lower_priority)
+    later: Dict[str, "Future[Path]"] = {}
+
+    def unpack_the_rest() -> None:
+        if later:  # (already started: the lean tree was unpacked again in full)
+            return
+        if not (vmlinux or kallsyms):
+            later["dbg"] = background.submit(lambda: kernel.vmlinux)
+        later["headers"] = background.submit(lambda: kernel.headers_dir)
+        background.shutdown(wait=False)  # (what was submitted still runs)
+
+    tree, index = prepared_tree(kernel, jobs, after_unpack=unpack_the_rest)
+    unpack_the_rest()  # (the tree was made before)
+    dbg = _waiting_for(later["dbg"], "the debug vmlinux") if "dbg" in later else known(vmlinux)
     return Target(
         release=kernel.release.release, tree=tree, make_args=kernel.make_args(),
-        headers_dir=headers_dir, symbols=Path(kallsyms or vmlinux or dbg_path),
-        modules_dir=kernel.modules_dir, config=kernel.config, vmlinux=vmlinux or dbg_path,
-        index=index, debug_module=kernel.debug_module,
+        config=kernel.config, index=index,
+        find_headers_dir=_waiting_for(later["headers"], "the kernel headers"),
+        find_symbols=known(kallsyms) if kallsyms else dbg, find_vmlinux=dbg,
+        find_modules_dir=lambda: kernel.modules_dir, debug_module=kernel.debug_module,
     )
 
 
-def prepared_tree(kernel: DebianKernel, jobs: int) -> "tuple[Path, ObjectIndex]":
+def _waiting_for(unpacking: "Future[Path]", what: str) -> PathLater:
+    def path() -> Path:
+        if not unpacking.done():
+            log.info("waiting for %s to be unpacked", what)
+        return unpacking.result()
+    return path
+
+
+def _lower_priority() -> None:
+    # Linux keeps a nice value per thread, and the programs this thread
+    # starts inherit it.
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICENESS)
+
+
+def prepared_tree(kernel: DebianKernel, jobs: int,
+                  after_unpack: Optional[Callable[[], None]] = None) -> "tuple[Path, ObjectIndex]":
     """The tree and its object index; unpacked in full if the lean tree lacks a source.
 
     On a new tree the objects are listed while ``modules_prepare`` runs: the
@@ -89,7 +154,7 @@ def prepared_tree(kernel: DebianKernel, jobs: int) -> "tuple[Path, ObjectIndex]"
         ObjectIndex(tree, kernel.make_args(), jobs=jobs).objects
 
     try:
-        tree = kernel.source_tree(jobs=jobs, alongside=list_objects)
+        tree = kernel.source_tree(jobs=jobs, alongside=list_objects, after_unpack=after_unpack)
         index = ObjectIndex(tree, kernel.make_args(), jobs=jobs)
         index.objects
     except IncompleteTree as missing:
@@ -122,9 +187,10 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
     cc = (config_value(config, "CC_VERSION_TEXT") or "gcc").split()[0]
     make_args = kbuild.make_args(rel, cc)
     return Target(
-        release=rel, tree=tree, make_args=make_args, headers_dir=headers_dir,
-        symbols=Path(symbols), modules_dir=modules_dir, config=config, vmlinux=vmlinux,
-        index=ObjectIndex(tree, make_args),
+        release=rel, tree=tree, make_args=make_args, config=config,
+        index=ObjectIndex(tree, make_args), find_headers_dir=known(headers_dir),
+        find_symbols=known(Path(symbols)), find_vmlinux=known(vmlinux),
+        find_modules_dir=known(modules_dir),
     )
 
 

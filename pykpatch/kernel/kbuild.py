@@ -17,6 +17,8 @@ really builds both tools.
 from typing import List
 
 OBJTOOL_GOAL = "tools/objtool"
+# Where kbuild runs objtool from (and what compiled objects depend on).
+OBJTOOL_BINARY = "tools/objtool/objtool"
 RESOLVE_BTFIDS_GOAL = "tools/bpf/resolve_btfids"
 
 # The first part of `prepare`: the config synced into include/config and
@@ -44,7 +46,7 @@ def prepared_tree_files(objtool: bool) -> List[str]:
     """Files a tree has once ``modules_prepare`` is done, which compiles need
     (objects are built with ``-o prepare``: nothing will make them later)."""
     files = [".config", "include/generated/autoconf.h", "include/generated/asm-offsets.h"]
-    return files + (["tools/objtool/objtool"] if objtool else [])
+    return files + ([OBJTOOL_BINARY] if objtool else [])
 
 
 def not_remade(*goals: str) -> List[str]:

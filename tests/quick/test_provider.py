@@ -1,13 +1,16 @@
 """The Debian kernel provider's decisions, on package listings written out here."""
 
 import logging
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from pykpatch.errors import KpatchError
-from pykpatch.provider.debian import DebianKernel, DebianRelease, choose_versions
+from pykpatch.process import run_pipeline
+from pykpatch.provider.debian import (DebianKernel, DebianRelease, choose_versions,
+                                      source_exclusions)
 from pykpatch.testbed.rootfs import debian_mirror
 
 REL = DebianRelease.parse("6.1.0-56-cloud-amd64")
@@ -99,6 +102,7 @@ def _kernel_with_toy_tree(tmp_path, monkeypatch, recipe):
     (tmp_path / "Makefile").write_text(f"modules_prepare:\n\t{recipe}\n")
     kernel = DebianKernel("6.1.0-56-cloud-amd64", cache=tmp_path / "cache")
     monkeypatch.setattr(kernel, "make_args", lambda: [])
+    monkeypatch.setattr(kernel, "_install_packaged_objtool", lambda tree: False)
     return kernel
 
 
@@ -133,3 +137,81 @@ def test_the_listing_runs_while_modules_prepare_does(tmp_path, monkeypatch):
     kernel._prepare_modules(tmp_path, 1, tmp_path / "log", listing)
     assert seen == {"prepare running": True}
     assert (tmp_path / "done").exists()
+
+
+LEAN_TREE_CASES = {
+    # path in the source tarball: kept in the lean tree?
+    "arch/x86/kernel/cpu/bugs.c": True,
+    "arch/x86/include/asm/alternative.h": True,
+    "arch/arm64/Kconfig": True,            # kconfig reads every arch's Kconfig
+    "arch/arm64/kernel/setup.c": False,
+    "arch/xtensa/kernel/setup.c": False,
+    "arch/riscv/boot/dts/sifive/board.dts": False,
+    "arch/um/include/shared/os.h": False,
+    "fs/proc/cmdline.c": True,
+    "drivers/gpu/drm/i915/i915_drv.c": False,  # the config below has no DRM
+    "drivers/gpu/drm/Kconfig": True,
+    "Documentation/Kconfig": True,
+    "Documentation/admin-guide/README.rst": False,
+    "tools/perf/builtin-top.c": False,
+    "tools/objtool/check.c": True,
+}
+
+
+def test_the_lean_tree_keeps_what_an_x86_build_reads(tmp_path: Path):
+    # Real tar, with the patterns and options the unpack uses.
+    top = tmp_path / "src" / "linux-source-6.1"
+    for rel in LEAN_TREE_CASES:
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        (top / rel).write_text("x\n")
+    subprocess.run(["tar", "-cf", tmp_path / "src.tar", "-C", tmp_path / "src", "linux-source-6.1"],
+                   check=True)
+    out = tmp_path / "tree"
+    out.mkdir()
+    patterns = source_exclusions("CONFIG_X86_64=y\n# CONFIG_DRM is not set\n")
+    subprocess.run(["tar", "-xf", tmp_path / "src.tar", "-C", out, "--strip-components=1",
+                    "--anchored", *[f"--exclude={p}" for p in patterns]], check=True)
+    kept = {rel: (out / rel).exists() for rel in LEAN_TREE_CASES}
+    assert kept == LEAN_TREE_CASES
+
+
+def test_with_drm_configured_its_sources_are_unpacked():
+    assert not any("drivers/gpu/drm" in p for p in source_exclusions("CONFIG_DRM=m\n"))
+
+
+def test_a_pipeline_failure_names_the_command_that_failed(tmp_path: Path):
+    with pytest.raises(KpatchError, match=r"unpacking the thing failed \(tar: exit 2\)"):
+        run_pipeline([["printf", "not a tar archive"], ["tar", "-x", "-C", tmp_path]],
+                     what="unpacking the thing")
+
+
+def test_a_pipeline_passes_output_on(tmp_path: Path):
+    out_path = tmp_path / "out"
+    with open(out_path, "wb") as out:
+        run_pipeline([["printf", "b\\na\\n"], ["sort"]], what="sorting", stdout=out)
+    assert out_path.read_text() == "a\nb\n"
+
+
+def test_a_pipeline_whose_last_command_stops_early_succeeds(tmp_path: Path):
+    # yes never ends by itself: head stopping early kills it with SIGPIPE.
+    out_path = tmp_path / "out"
+    with open(out_path, "wb") as out:
+        run_pipeline([["yes"], ["head", "-n", "2"]], what="two lines", stdout=out)
+    assert out_path.read_text() == "y\ny\n"
+
+
+def test_a_pipeline_with_a_missing_program_is_a_clear_error():
+    with pytest.raises(KpatchError, match="cannot run 'no-such-program-pykpatch'"):
+        run_pipeline([["true"], ["no-such-program-pykpatch"]], what="anything")
+
+
+def test_a_producer_complaining_that_its_reader_stopped_early(tmp_path: Path):
+    # dpkg-deb exits 2 when tar --occurrence stops reading: an error only
+    # when the reader was not expected to stop early.
+    producer = ["sh", "-c", "yes; exit 2"]
+    with pytest.raises(KpatchError, match=r"\(sh: exit 2\)"):
+        run_pipeline([producer, ["head", "-n", "1"]], what="one line")
+    with open(tmp_path / "out", "wb") as out:
+        run_pipeline([producer, ["head", "-n", "1"]], what="one line", stdout=out,
+                     last_stops_early=True)
+    assert (tmp_path / "out").read_text() == "y\n"
