@@ -14,7 +14,7 @@ Cache layout (under :func:`pykpatch.cache.cache_dir`)::
         config-<release>  the kernel's config, taken alone from the image package
         image/    boot/vmlinuz-*, boot/config-*, lib/modules/<release>/
         headers/  usr/src/linux-headers-*, usr/lib/linux-kbuild-*
-        dbg/      vmlinux-<release> (full symbol table and DWARF), and
+        dbg/      vmlinux-<release> (symbols and code; DWARF left out), and
                   modules/<path>.ko debug modules, extracted when needed
         tree-<key>/  prepared source tree (key: config + compiler); tree-<key>-full/
                   when the lean one lacked a file the build wanted
@@ -34,6 +34,7 @@ from pykpatch.cache import cache_dir
 from pykpatch.errors import InputError, KpatchError
 from pykpatch.kernel import kbuild
 from pykpatch.process import require_tool, run, run_pipeline
+from pykpatch.provider import debpart
 
 log = logging.getLogger("pykpatch")
 
@@ -307,10 +308,24 @@ class DebianKernel:
 
     @property
     def vmlinux(self) -> Path:
-        """The debug vmlinux: full symbol table, FILE symbols, DWARF."""
+        """The debug vmlinux: full symbol table with FILE symbols, and the code.
+
+        Its DWARF and relocation sections, 90% of the file, nothing here
+        reads: when the package allows it they are not decompressed, and
+        read as zeros (see :mod:`pykpatch.provider.debpart`).
+        """
         target = self.kernel_dir / "dbg" / f"vmlinux-{self.release.release}"
-        return self._extract_member("dbg", f"./usr/lib/debug/boot/vmlinux-{self.release.release}",
-                                    target)
+        member = f"./usr/lib/debug/boot/vmlinux-{self.release.release}"
+        deb = self.deb("dbg")
+
+        def write(tmp: Path) -> None:
+            try:
+                debpart.extract_elf_without_debug(deb, member, tmp)
+            except (debpart.NotSeekable, FileNotFoundError) as why:
+                log.info("%s: %s; unpacking %s whole", deb.name, why, member.lstrip("./"))
+                self._write_member(deb, member, tmp)
+
+        return _made_once(target, write)
 
     def debug_module(self, module: Path) -> Path:
         """The debug counterpart of shipped module *module* (a path under
@@ -323,27 +338,21 @@ class DebianKernel:
 
     def _extract_member(self, role: str, member: str, target: Path) -> Path:
         """*member* of the package of *role*, extracted once to *target*."""
-        if target.is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
         deb = self.deb(role)
+        return _made_once(target, lambda tmp: self._write_member(deb, member, tmp))
+
+    @staticmethod
+    def _write_member(deb: Path, member: str, path: Path) -> None:
         log.info("extracting %s from %s", member.lstrip("./"), deb.name)
         # tar stops at the first match: one file of the dbg package's 2.5 GB
         # is read only up to where it ends.
-        try:
-            with open(tmp, "wb") as out:
-                run_pipeline([["dpkg-deb", "--fsys-tarfile", deb],
-                              ["tar", "-xO", "--occurrence=1", member]],
-                             stdout=out, what=f"extracting {member} from {deb.name}",
-                             last_stops_early=True)
-            if tmp.stat().st_size == 0:
-                raise KpatchError(f"{deb.name} has no {member}")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.rename(target)
-        return target
+        with open(path, "wb") as out:
+            run_pipeline([["dpkg-deb", "--fsys-tarfile", deb],
+                          ["tar", "-xO", "--occurrence=1", member]],
+                         stdout=out, what=f"extracting {member} from {deb.name}",
+                         last_stops_early=True)
+        if path.stat().st_size == 0:
+            raise KpatchError(f"{deb.name} has no {member}")
 
     # -- prepared source tree --------------------------------------------------
     def compiler(self) -> str:
@@ -489,6 +498,21 @@ class DebianKernel:
                     raise failed from listing_failed
                 raise
             preparing.result()
+
+
+def _made_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """*target*, written by *write* unless it exists; never left half-written."""
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.rename(target)
+    return target
 
 
 def source_exclusions(config: str) -> List[str]:
