@@ -9,6 +9,7 @@ import logging
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -26,7 +27,7 @@ from pykpatch.build.workspace import PatchedTree
 from pykpatch.cache import cache_dir
 from pykpatch.differ.driver import DiffResult, Outcome, diff_objects
 from pykpatch.differ.state import Options
-from pykpatch.differ.symbols import AmbiguousSymbol
+from pykpatch.differ.symbols import AmbiguousSymbol, read_target_symbols
 from pykpatch.elf.writer import write_elf
 from pykpatch.errors import InputError, Refusal
 
@@ -85,7 +86,13 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
     sizes = struct_sizes(target.tree, target.index)
     work = Path(tempfile.mkdtemp(prefix=f"kpatch-build-{name}-"))
     try:
-        orig, patched = compile_twice(target, patches, affected, work, opts.jobs, logfile, progress)
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            # The compiles are other programs: meanwhile this process reads
+            # the vmlinux symbols (2 s), which the diff needs first.
+            symbols = reader.submit(_read_vmlinux_symbols, target, affected)
+            orig, patched = compile_twice(target, patches, affected, work, opts.jobs, logfile,
+                                          progress)
+            symbols.result()
         if not opts.skip_compiler_check:
             check_vmlinux_compiler(target)
         progress.stage(f"diffing {len(affected.objects)} object(s)")
@@ -102,6 +109,11 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
             shutil.rmtree(work, ignore_errors=True)
     result.seconds = time.monotonic() - progress.start
     return result
+
+
+def _read_vmlinux_symbols(target: Target, affected: AffectedObjects) -> None:
+    if any(obj.module is None for obj in affected.objects):
+        read_target_symbols(target.symbols)
 
 
 def _existing_patches(patches: List[Path]) -> List[Path]:

@@ -13,10 +13,11 @@ modules have no FILE symbols; for a module, its own table is the object.
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set
 
+from pykpatch.cache import once_per_file_version
 from pykpatch.elf.constants import (
     ELFMAG, SHN_ABS, SHN_UNDEF, STB_GLOBAL, STB_LOCAL, STB_WEAK, STT_FILE, STT_FUNC,
     STT_NOTYPE, STT_OBJECT, STT_SECTION,
@@ -124,12 +125,9 @@ def load_target_symbols(path: Optional[str], fallback: ElfFile, symvers: Optiona
 
     :raises InputError: unreadable or unrecognised files.
     """
-    if path is None:
-        table = _from_model(fallback)
-    else:
-        table = _from_path(path)
+    table = _from_model(fallback) if path is None else read_target_symbols(path)
     if symvers is not None:
-        table.exported = set(read_symvers(symvers))
+        table = replace(table, exported=set(read_symvers(symvers)))
     return table
 
 
@@ -146,6 +144,11 @@ def _from_path(path: str) -> TargetSymbols:
     if "Symbol table" in text or re.search(_READELF_LINE.pattern, text[:20000], re.M):
         return _from_readelf_text(path, text)
     return _from_kallsyms_text(path, text)
+
+
+# The tables of vmlinux take 2 s to read; a build reads them once, maybe
+# ahead of the diff.  Callers get them shared: they must not modify them.
+read_target_symbols = once_per_file_version(_from_path)
 
 
 def _from_model(elf: ElfFile) -> TargetSymbols:
