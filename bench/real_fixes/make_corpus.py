@@ -50,6 +50,7 @@ from pykpatch.build.objindex import KernelObject, ObjectIndex
 from pykpatch.build.pipeline import INCLUDE_DIR
 from pykpatch.build.workspace import PatchedTree
 from pykpatch.errors import KpatchError
+from pykpatch.kernel import kbuild
 from pykpatch.log import setup_logging
 from pykpatch.process import run
 from pykpatch.provider.debian import DebianKernel
@@ -155,8 +156,8 @@ def compiles_alone(tree: Path, make_args: List[str], patch: Path, objects: List[
     kcflags = f"KCFLAGS={DIFF_CFLAGS} -I{INCLUDE_DIR}"
     with PatchedTree(tree, [patch], logfile) as patched:
         patched.apply()
-        proc = run(["make", "-j2", *make_args, kcflags, *[o.obj for o in objects]], cwd=tree,
-                   check=False, logfile=logfile)
+        proc = run(["make", "-j2", *make_args, *kbuild.not_remade(kbuild.PREPARE_GOAL), kcflags,
+                    *[o.obj for o in objects]], cwd=tree, check=False, logfile=logfile)
     if proc.returncode == 0:
         return None
     errors = [line for line in proc.stdout.splitlines() if "error:" in line]

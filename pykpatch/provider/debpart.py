@@ -205,7 +205,18 @@ def _kept_ranges(reader: XzReader, start: int, size: int) -> List[Tuple[int, int
 
 def extract_elf_without_debug(deb: Path, member: str, target: Path) -> None:
     """Write ELF file *member* of package *deb* to *target*, its DWARF and
-    relocations left as holes.  Raises NotSeekable or FileNotFoundError."""
+    relocations left as holes.  Raises NotSeekable or FileNotFoundError.
+
+    Damaged packages raise NotSeekable too: unpacked the usual way, dpkg-deb
+    and tar say what is wrong with them.
+    """
+    try:
+        _extract(deb, member, target)
+    except (lzma.LZMAError, struct.error, IndexError, ValueError, UnicodeDecodeError) as damaged:
+        raise NotSeekable(f"unexpected contents ({damaged})") from damaged
+
+
+def _extract(deb: Path, member: str, target: Path) -> None:
     with open(deb, "rb") as fh:
         _name, start, size = ar_member(fh, "data.tar.xz")
         reader = XzReader(fh, start, size)

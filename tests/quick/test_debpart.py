@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pykpatch.elf.reader import read_elf
-from pykpatch.provider.debpart import NotSeekable, extract_elf_without_debug
+from pykpatch.provider.debpart import NotSeekable, ar_member, extract_elf_without_debug
 
 MEMBER = "./usr/lib/debug/boot/vmlinux-test"
 LONG_DIR = "./usr/lib/debug/lib/modules/" + "deeply/nested/" * 8
@@ -93,4 +93,16 @@ def test_a_missing_member_is_not_found(tmp_path: Path):
 def test_a_stream_of_one_block_cannot_be_read_in_parts(tmp_path: Path):
     deb = _package(tmp_path, "64MiB")
     with pytest.raises(NotSeekable, match="single xz block"):
+        extract_elf_without_debug(deb, MEMBER, tmp_path / "x")
+
+
+def test_a_damaged_package_is_left_to_the_usual_unpacking(tmp_path: Path):
+    deb = _package(tmp_path, "64KiB")
+    with open(deb, "rb") as fh:
+        _name, start, _size = ar_member(fh, "data.tar.xz")
+    data = bytearray(deb.read_bytes())
+    first_block = start + 12 + 64  # past the stream and block headers: compressed tar headers
+    data[first_block:first_block + 64] = bytes(64)
+    deb.write_bytes(bytes(data))
+    with pytest.raises(NotSeekable, match="unexpected contents"):
         extract_elf_without_debug(deb, MEMBER, tmp_path / "x")

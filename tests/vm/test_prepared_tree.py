@@ -1,8 +1,10 @@
 """The prepared source tree of the Debian kernel and the object index made with it.
 
-A new tree lists its objects while ``modules_prepare`` runs, and builds
-single objects without remaking ``prepare``; these tests check that neither
-shortcut changes what the build sees.  No guest is booted.
+A new tree lists its objects while ``modules_prepare`` runs, builds single
+objects without remaking ``prepare``, takes objtool from linux-kbuild instead
+of building it, and reads a debug vmlinux whose DWARF was never unpacked;
+these tests check that none of these shortcuts changes what the build sees.
+No guest is booted.
 """
 
 import subprocess
@@ -14,6 +16,7 @@ from pykpatch.build.compile import compile_objects
 from pykpatch.build.objindex import parse_make_dry_run
 from pykpatch.build.target import prepared_tree
 from pykpatch.build.workspace import PatchedTree
+from pykpatch.kernel import kbuild
 
 # Files `prepare` makes that are compiled with KCFLAGS themselves.
 PREPARE_OUTPUTS = ("arch/x86/kernel/asm-offsets.s", "kernel/bounds.s", "scripts/mod/empty.o",
@@ -27,8 +30,10 @@ def tree_and_index(kernel):
 
 def test_objects_listed_during_preparation_are_those_of_the_finished_tree(kernel, tree_and_index):
     tree, index = tree_and_index
-    # The plain, one-job dry run of the finished tree, as a user would type it.
-    proc = subprocess.run(["make", "-n", "-k", *kernel.make_args(), "vmlinux", "modules"],
+    # The plain, one-job dry run of the finished tree.  (Without -o, kbuild
+    # would rebuild objtool, -n or not: see pykpatch.kernel.kbuild.)
+    proc = subprocess.run(["make", "-n", "-k", *kernel.make_args(),
+                           *kbuild.not_remade(kbuild.OBJTOOL_GOAL), "vmlinux", "modules"],
                           cwd=tree, capture_output=True, text=True)
     expected = parse_make_dry_run(proc.stdout)
     assert len(expected) > 4000
@@ -41,15 +46,60 @@ def test_resolve_btfids_is_not_built(tree_and_index):
     assert not (tree / "tools/bpf/resolve_btfids/resolve_btfids").exists()
 
 
-def test_compiling_with_other_flags_leaves_prepare_alone(kernel, tree_and_index, tmp_path):
+def test_objtool_is_the_packaged_one_and_makes_the_objects_a_built_one_makes(
+        kernel, tree_and_index, tmp_path):
     tree, index = tree_and_index
-    before = {f: (tree / f).stat().st_mtime_ns for f in PREPARE_OUTPUTS}
-    obj = index.for_source("fs/proc/cmdline.c")
+    packaged = kernel.headers_dir / "tools/objtool/objtool"  # (linux-kbuild's, through a link)
+    assert (tree / "tools/objtool/objtool").read_bytes() == packaged.read_bytes()
+    assert not (tree / "tools/objtool/check.o").exists()  # nothing of objtool compiled here
+    # objtool built from this very source, outside the tree, as kbuild would build it.
+    out = tmp_path / "built"
+    (out / "tools").mkdir(parents=True)
+    subprocess.run(["make", "-s", "-j2", "-C", tree / "tools", f"O={out}", "subdir=tools",
+                    "HOSTPKG_CONFIG=pkg-config", "objtool"], check=True, capture_output=True)
+    built = out / "tools/objtool/objtool"
+    assert built.read_bytes() != packaged.read_bytes()  # (another binary, same behaviour)
+    objects = [index.for_source(src) for src in ("fs/proc/cmdline.c",
+                                                  "arch/x86/kernel/alternative.c")]
+    results = {}
     with PatchedTree(tree, [], tmp_path / "build.log"):
-        for flag in ("-DPYKPATCH_TEST_A", "-DPYKPATCH_TEST_B"):
-            built = compile_objects(tree, kernel.make_args(), [obj], tmp_path / flag.lstrip("-"), jobs=2,
-                                    extra_cflags=flag, logfile=tmp_path / "build.log",
-                                    what="test")
-            assert Path(built[obj.obj]).stat().st_size > 0
-            assert flag in (tree / "fs/proc/.cmdline.o.cmd").read_text()
-    assert {f: (tree / f).stat().st_mtime_ns for f in PREPARE_OUTPUTS} == before
+        for name, override in (("packaged", []), ("built", [f"objtool={built}"])):
+            results[name] = compile_objects(
+                tree, [*kernel.make_args(), *override], objects, tmp_path / name, jobs=2,
+                extra_cflags="-ffunction-sections -fdata-sections", logfile=tmp_path / "build.log",
+                what=f"with the {name} objtool")
+    for obj in objects:
+        packaged_obj = Path(results["packaged"][obj.obj]).read_bytes()
+        assert b".orc_unwind" in packaged_obj  # objtool did run
+        assert packaged_obj == Path(results["built"][obj.obj]).read_bytes(), obj.obj
+
+
+def test_the_debug_vmlinux_has_what_the_build_reads_and_no_dwarf(kernel, tmp_path):
+    lean = kernel.vmlinux
+    # The packaged file in full, the slow way, to compare with.
+    whole = tmp_path / "vmlinux"
+    member = f"./usr/lib/debug/boot/vmlinux-{kernel.release.release}"
+    with open(whole, "wb") as out:
+        fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", kernel.deb("dbg")],
+                                stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-xO", member], stdin=fsys.stdout, stdout=out, check=True)
+        fsys.stdout.close()
+        assert fsys.wait() == 0
+    assert lean.stat().st_size == whole.stat().st_size
+    assert lean.stat().st_blocks * 512 < whole.stat().st_size / 5  # sparse: DWARF never written
+    for args in (["-S"], ["-s"], ["-p", ".comment"]):
+        assert _readelf(args, lean) == _readelf(args, whole), args
+    for section in (".text", ".rodata", ".data", ".init.text", ".altinstructions", "__ex_table"):
+        code = _section_bytes(lean, section, tmp_path)
+        assert code and code == _section_bytes(whole, section, tmp_path), section
+
+
+def _readelf(args, path):
+    return subprocess.run(["readelf", "-W", *args, path], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def _section_bytes(elf, section, tmp_path):
+    dump = tmp_path / "section.bin"
+    subprocess.run(["objcopy", "-O", "binary", f"--only-section={section}", elf, dump], check=True)
+    return dump.read_bytes()
