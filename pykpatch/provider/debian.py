@@ -316,9 +316,9 @@ class DebianKernel:
         """
         target = self.kernel_dir / "dbg" / f"vmlinux-{self.release.release}"
         member = f"./usr/lib/debug/boot/vmlinux-{self.release.release}"
-        deb = self.deb("dbg")
 
         def write(tmp: Path) -> None:
+            deb = self.deb("dbg")
             try:
                 debpart.extract_elf_without_debug(deb, member, tmp)
             except (debpart.NotSeekable, FileNotFoundError) as why:
@@ -338,8 +338,7 @@ class DebianKernel:
 
     def _extract_member(self, role: str, member: str, target: Path) -> Path:
         """*member* of the package of *role*, extracted once to *target*."""
-        deb = self.deb(role)
-        return _made_once(target, lambda tmp: self._write_member(deb, member, tmp))
+        return _made_once(target, lambda tmp: self._write_member(self.deb(role), member, tmp))
 
     @staticmethod
     def _write_member(deb: Path, member: str, path: Path) -> None:
