@@ -4,14 +4,15 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from pykpatch.build.target import Target, config_value
+from pykpatch.build.target import Target
 from pykpatch.errors import Refusal
+from pykpatch.kernel import kbuild
 from pykpatch.process import run
 
 
 def kernel_compiler_text(target: Target) -> str:
     """CONFIG_CC_VERSION_TEXT of the target, e.g. 'gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0'."""
-    text = config_value(target.config, "CC_VERSION_TEXT")
+    text = kbuild.config_value(target.config, "CC_VERSION_TEXT")
     if not text:
         raise Refusal(f"{target.config} has no CONFIG_CC_VERSION_TEXT: cannot tell which "
                       "compiler built the kernel (use --skip-compiler-check to build anyway)")

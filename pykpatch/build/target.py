@@ -170,7 +170,7 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
     """A target from a prepared tree the user gives (``-s``), for non-Debian kernels."""
     tree = sourcedir.resolve()
     config = tree / ".config"
-    objtool = config.is_file() and config_value(config, "OBJTOOL") == "y"
+    objtool = config.is_file() and kbuild.config_value(config, "OBJTOOL") == "y"
     for needed in kbuild.prepared_tree_files(objtool):
         if not (tree / needed).exists():
             raise InputError(f"{tree} is not a prepared kernel tree (no {needed}); run "
@@ -182,10 +182,7 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
     if not (headers_dir / "Module.symvers").is_file():
         raise InputError(f"{headers_dir} has no Module.symvers; give --headers DIR")
     rel = release or (tree / "include/config/kernel.release").read_text().strip()
-    # The compiler named in the config: another one would make kbuild rerun
-    # kconfig and rewrite the tree's .config.
-    cc = (config_value(config, "CC_VERSION_TEXT") or "gcc").split()[0]
-    make_args = kbuild.make_args(rel, cc)
+    make_args = kbuild.make_args(rel, kbuild.config_compiler(config))
     return Target(
         release=rel, tree=tree, make_args=make_args, config=config,
         index=ObjectIndex(tree, make_args), find_headers_dir=known(headers_dir),
@@ -193,11 +190,3 @@ def custom_target(sourcedir: Path, headers: Optional[Path], vmlinux: Optional[Pa
         find_modules_dir=known(modules_dir),
     )
 
-
-def config_value(config: Path, name: str) -> Optional[str]:
-    """The value of CONFIG_<name> in a .config file, quotes removed; None if unset."""
-    prefix = f"CONFIG_{name}="
-    for line in config.read_text().splitlines():
-        if line.startswith(prefix):
-            return line[len(prefix):].strip('"')
-    return None

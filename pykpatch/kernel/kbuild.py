@@ -14,7 +14,8 @@ Because MAKEFLAGS is reset, ``make -n`` does not reach those makes: a dry run
 really builds both tools.
 """
 
-from typing import List
+from pathlib import Path
+from typing import List, Optional
 
 OBJTOOL_GOAL = "tools/objtool"
 # Where kbuild runs objtool from (and what compiled objects depend on).
@@ -68,3 +69,21 @@ def make_args(release: str, compiler: str) -> List[str]:
     resolve_btfids never built, as nothing we compile uses it.
     """
     return [f"KERNELRELEASE={release}", f"CC={compiler}", *not_remade(RESOLVE_BTFIDS_GOAL)]
+
+
+def config_value(config: Path, name: str) -> Optional[str]:
+    """The value of CONFIG_<name> in a .config file, quotes removed; None if unset."""
+    prefix = f"CONFIG_{name}="
+    for line in config.read_text().splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix):].strip('"')
+    return None
+
+
+def config_compiler(config: Path) -> str:
+    """The compiler program a config was made with (``gcc-12``), from CONFIG_CC_VERSION_TEXT.
+
+    Makes in the tree must name it as CC: another one would make kbuild rerun
+    kconfig and rewrite the tree's .config.
+    """
+    return (config_value(config, "CC_VERSION_TEXT") or "gcc").split()[0]

@@ -24,7 +24,6 @@ import hashlib
 import logging
 import re
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,9 +355,7 @@ class DebianKernel:
     # -- prepared source tree --------------------------------------------------
     def compiler(self) -> str:
         """The compiler the kernel was built with, from its config (e.g. gcc-12)."""
-        text = self.config.read_text()
-        m = re.search(r'^CONFIG_CC_VERSION_TEXT="(\S+)', text, re.M)
-        return m.group(1) if m else "gcc"
+        return kbuild.config_compiler(self.config)
 
     def make_args(self) -> List[str]:
         """Arguments every ``make`` in the source tree gets (see :func:`kbuild.make_args`)."""
@@ -458,12 +455,11 @@ class DebianKernel:
         the kernel's (objects come out byte-identical), but it may not run
         on a host with an older C library: then kbuild builds it as usual.
         """
-        if not re.search(r"^CONFIG_OBJTOOL=y$", self.config.read_text(), re.M):
+        if kbuild.config_value(self.config, "OBJTOOL") != "y":
             return False
         if self.packages.versions["kbuild"] != self.packages.version:
             return False
         binary = tree / kbuild.OBJTOOL_BINARY
-        binary.parent.mkdir(parents=True, exist_ok=True)
         member = f"./usr/lib/linux-kbuild-{self.release.series}/{kbuild.OBJTOOL_BINARY}"
         self._extract_member("kbuild", member, binary)
         binary.chmod(0o755)
@@ -538,8 +534,7 @@ def source_exclusions(config: str) -> List[str]:
 def _runs(program: Path) -> bool:
     """True if *program* starts on this machine (its usage message is enough)."""
     try:
-        proc = subprocess.run([str(program), "--help"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    except OSError:
+        proc = run([program, "--help"], check=False)
+    except (KpatchError, OSError):  # (not found; not an executable for this machine)
         return False
     return proc.returncode not in (126, 127) and proc.returncode >= 0

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import BinaryIO, Dict, Iterator, List, Tuple
 
 from pykpatch.elf.constants import SHT_NOBITS, SHT_REL, SHT_RELA
-from pykpatch.elf.reader import EHDR, SHDR
+from pykpatch.elf.reader import EHDR, SHDR, check_elf_identity
+from pykpatch.errors import InputError
 
 _AR_MAGIC = b"!<arch>\n"
 _AR_HEADER = struct.Struct("16s12s6s6s8s10s2s")
@@ -185,11 +186,16 @@ def _ustar_name(header: bytes) -> str:
 
 def _kept_ranges(reader: XzReader, start: int, size: int) -> List[Tuple[int, int]]:
     """(offset, length) of the ELF member's parts pykpatch reads: all but DWARF and relocations."""
-    ehdr = EHDR.unpack(reader.read(start, EHDR.size))
+    header = reader.read(start, EHDR.size)
+    try:
+        check_elf_identity(header, "the member", require_rel=False)
+    except InputError as why:
+        raise NotSeekable(str(why)) from why
+    ehdr = EHDR.unpack(header)
     phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx = (
         ehdr[5], ehdr[6], ehdr[9], ehdr[10], ehdr[11], ehdr[12], ehdr[13])
-    if reader.read(start, 4) != b"\x7fELF" or shentsize != SHDR.size or not shnum:
-        raise NotSeekable("not a 64-bit ELF file with sections")
+    if shentsize != SHDR.size or not shnum:
+        raise NotSeekable("an ELF file without sections")
     table = reader.read(start + shoff, shnum * SHDR.size)
     headers = [SHDR.unpack_from(table, i * SHDR.size) for i in range(shnum)]
     names_hdr = headers[shstrndx]
