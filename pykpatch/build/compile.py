@@ -1,8 +1,9 @@
 """Compiling chosen objects through kbuild, with the flags the differ needs."""
 
 import shutil
+from collections import Counter
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Set
 
 from pykpatch.build.objindex import KernelObject
 from pykpatch.errors import KpatchError
@@ -22,10 +23,15 @@ def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[Kern
     argv = ["make", *make_args, *kbuild.not_remade(kbuild.PREPARE_GOAL), f"KCFLAGS={kcflags}",
             *[o.obj for o in objects]]
     proc = run([argv[0], f"-j{jobs}", *argv[1:]], cwd=tree, logfile=logfile, check=False)
-    if proc.returncode != 0 and jobs > 1 and _compiled_twice(proc.stdout):
+    raced = _compiled_twice(proc.stdout) if jobs > 1 else set()
+    if raced:
         # A directory listed at the top level and inside another one
         # (arch/x86/pci/ is both): kbuild descends twice for a single target
-        # and two parallel compilers race on one .o.  One job at a time is safe.
+        # and two parallel compilers race on one .o and its .cmd file, which
+        # may come out interleaved even when both succeed -- and a broken
+        # .cmd file stops every later make in that directory.  Those objects
+        # again, one job at a time.
+        _forget_objects(tree, raced)
         proc = run(argv, cwd=tree, logfile=logfile, check=False)
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
@@ -43,6 +49,16 @@ def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[Kern
     return copies
 
 
-def _compiled_twice(output: str) -> bool:
-    lines = [line.split()[-1] for line in output.splitlines() if line.lstrip().startswith("CC ")]
-    return len(lines) != len(set(lines))
+def _compiled_twice(output: str) -> Set[str]:
+    """Objects kbuild's output shows compiled more than once."""
+    built = Counter(line.split()[-1] for line in output.splitlines()
+                    if line.lstrip().startswith("CC "))
+    return {obj for obj, count in built.items() if count > 1}
+
+
+def _forget_objects(tree: Path, objects: Set[str]) -> None:
+    """Remove objects and their kbuild command files, so make builds them again."""
+    for obj in objects:
+        built = tree / obj
+        built.unlink(missing_ok=True)
+        kbuild.command_file(built).unlink(missing_ok=True)

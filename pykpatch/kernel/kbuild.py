@@ -87,3 +87,10 @@ def config_compiler(config: Path) -> str:
     kconfig and rewrite the tree's .config.
     """
     return (config_value(config, "CC_VERSION_TEXT") or "gcc").split()[0]
+
+
+def command_file(target: Path) -> Path:
+    """The ``.<name>.cmd`` file kbuild keeps beside *target*: the command that
+    made it and the files it depends on (fixdep's output, read back as a
+    makefile by every later make of that directory)."""
+    return target.with_name(f".{target.name}.cmd")

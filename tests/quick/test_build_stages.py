@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from pykpatch.build.compile import compile_objects
 from pykpatch.build.layout import layout_changes, parse_pahole
 from pykpatch.build.module import module_name
-from pykpatch.build.objindex import IncompleteTree, check_nothing_missing, parse_make_dry_run
+from pykpatch.build.objindex import (IncompleteTree, KernelObject, check_nothing_missing,
+                                     parse_make_dry_run)
 from pykpatch.build.patchfile import refuse_unpatchable, touched_files
 from pykpatch.build.target import custom_target
 from pykpatch.build.workspace import BACKUP_DIR, JOURNAL, PatchedTree
@@ -257,3 +259,22 @@ def test_a_sourcedir_that_is_not_prepared_is_refused_naming_what_it_lacks(tmp_pa
         (tmp_path / rel).write_text("CONFIG_OBJTOOL=y\n")
     with pytest.raises(InputError, match=f"not a prepared kernel tree \\(no {missing}\\)"):
         custom_target(tmp_path, None, tmp_path / "vmlinux", None, None, None)
+
+
+def test_an_object_two_parallel_compilers_raced_on_is_made_again_alone(tmp_path):
+    # Like kbuild for arch/x86/pci/ (reached twice): both runs announce the
+    # object and append to its command file, which then holds both.
+    tree = tmp_path / "tree"
+    (tree / "pci").mkdir(parents=True)
+    (tree / "Makefile").write_text(
+        "pci/fixup.o: first second\n"
+        "first second:\n"
+        "\t@echo '  CC      pci/fixup.o'; touch pci/fixup.o; echo $@ "
+        "$(if $(findstring jobserver,$(MAKEFLAGS)),parallel,alone) >> pci/.fixup.o.cmd\n"
+        ".PHONY: first second\n")
+    obj = KernelObject("pci/fixup.o", "pci/fixup.c", None, "")
+    copies = compile_objects(tree, [], [obj], tmp_path / "out", jobs=2,
+                             logfile=tmp_path / "log", what="test")
+    assert copies["pci/fixup.o"].is_file()
+    # made again from scratch, one job at a time
+    assert (tree / "pci/.fixup.o.cmd").read_text() == "first alone\nsecond alone\n"
