@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -153,14 +153,15 @@ def compile_twice(target: Target, patches: List[Path], affected: AffectedObjects
 def diff_options(target: Target, obj: KernelObject, sizes: Dict[str, int], name: str,
                  debug: bool = False) -> Options:
     """Options for one object; *debug*: a module's symbols from its debug counterpart."""
+    base = Options(symvers=str(target.symvers), objname=obj.target, patch_name=name,
+                   struct_sizes=sizes)
     if obj.module is None:
-        symbols = target.symbols
-    elif debug and target.debug_module is not None:
-        symbols = target.debug_module(target.module_file(obj.module))
-    else:
-        symbols = target.module_file(obj.module)
-    return Options(symbols=str(symbols), symvers=str(target.symvers), objname=obj.target,
-                   patch_name=name, struct_sizes=sizes)
+        return replace(base, symbols=str(target.symbols))
+    module = target.module_file(obj.module)
+    symbols = target.debug_module(module) if debug and target.debug_module is not None else module
+    return replace(base, symbols=str(symbols),
+                   module_symbols=lambda other: str(target.module_file(other)),
+                   dependencies=target.module_dependencies(obj.module))
 
 
 def diff_one(target: Target, obj: KernelObject, orig: Path, patched: Path,

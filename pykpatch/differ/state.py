@@ -13,7 +13,7 @@ Glossary (used in every stage):
 from dataclasses import dataclass, field
 from functools import cached_property
 from enum import Enum
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Optional, Set
 
 from pykpatch.elf.model import ElfFile, Rela, Section, Symbol
 
@@ -80,6 +80,11 @@ class Options:
     :param patch_name: name of the livepatch module (for messages).
     :param struct_sizes: bytes per entry of each special-section struct,
         keyed by kernel struct name (``bug_entry``...).
+    :param module_symbols: the symbol table file of another module, by its
+        klp object name (for the sympos of that module's exports); None:
+        such exports get sympos 0.
+    :param dependencies: klp object names of the modules that *objname*
+        loads after (its ``depends``, transitively); None: not checked.
     """
 
     symbols: Optional[str] = None
@@ -87,6 +92,8 @@ class Options:
     objname: str = "vmlinux"
     patch_name: str = "livepatch"
     struct_sizes: Dict[str, int] = field(default_factory=dict)
+    module_symbols: Optional[Callable[[str], str]] = None
+    dependencies: Optional[FrozenSet[str]] = None
 
 
 @dataclass(eq=False)

@@ -27,6 +27,12 @@ def klp_rela_section_name(objname: str, target_section: str) -> str:
     return f"{KLP_RELA_PREFIX}{objname}.{target_section}"
 
 
+def klp_rela_section_objname(section: str) -> str:
+    """The object of ``.klp.rela.<objname>.<section>``: the one whose load
+    (or, for vmlinux, the patch's) makes livepatch apply the section."""
+    return section[len(KLP_RELA_PREFIX):].partition(".")[0]
+
+
 def klp_symbol_name(objname: str, name: str, sympos: int) -> str:
     """Name of the SHN_LIVEPATCH symbol that the kernel resolves at load."""
     return f"{KLP_SYM_PREFIX}{objname}.{name},{sympos}"

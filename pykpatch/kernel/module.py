@@ -30,6 +30,7 @@ MODINFO_VERMAGIC = "vermagic"   # "<release> SMP preempt mod_unload modversions 
 MODINFO_LIVEPATCH = "livepatch"  # "Y" marks a livepatch module (kernel/module/main.c)
 MODINFO_LIVEPATCH_YES = "Y"
 MODINFO_NAME = "name"           # KBUILD_MODNAME, added by modpost
+MODINFO_DEPENDS = "depends"     # modules whose exports it uses, comma-separated (modpost)
 
 # --- a loaded module ---------------------------------------------------------
 

@@ -118,6 +118,32 @@ def test_klp_relocations_survive_ld_and_come_back(corpus, tmp_path):
     assert "Warning" not in result.stderr
 
 
+def test_klp_symbol_of_another_object_stays_in_its_sections_object_through_ld(corpus, tmp_path):
+    """A module's code calling another module's export: the relocation is
+    nfsd's (applied when nfsd loads), its symbol sunrpc's."""
+    out = tmp_path / "out.o"
+    assert run_diff_cli([str(corpus / "convert-global-local.ORIG.o"),
+                         str(corpus / "convert-global-local.PATCHED.o"), "-o", str(out),
+                         *SIZES]).returncode == 0
+    elf = read_elf(out)
+    moved = next(s for s in elf.symbols if s.name.startswith(".klp.sym.vmlinux."))
+    name = moved.name.replace(".klp.sym.vmlinux.", ".klp.sym.othermod.")
+    moved.name = name
+    to_linkable(elf)
+    linkable = tmp_path / "linkable.o"
+    write_elf(elf, linkable)
+    linked = tmp_path / "linked.ko"
+    subprocess.run(["ld", "-r", "-o", str(linked), str(linkable)], check=True)
+    from_linkable(linked)
+    relocations = tool("readelf", "-rW", str(linked))
+    sections = [block.split("'")[1] for block in relocations.split("Relocation section ")[1:]
+                if name in block]
+    assert sections and all(s.startswith(".klp.rela.vmlinux.") for s in sections)
+    symbols = tool("readelf", "-sW", str(linked))
+    assert f"OS [0xff20] {name}" in symbols
+    assert ":in:" not in symbols
+
+
 FUZZ_SEED = 1234
 FUZZ_RUNS = 24
 

@@ -83,3 +83,10 @@ def guest_kpatch(guest: Guest, pykpatch_wheel: Path) -> Guest:
     """The session guest with pykpatch pip-installed, so `kpatch` is on its PATH."""
     install_wheel(guest, pykpatch_wheel)
     return guest
+
+
+@pytest.fixture(scope="module")
+def systemd_kpatch(systemd_guest: Guest, pykpatch_wheel: Path) -> Guest:
+    """The systemd guest with pykpatch installed (as guest_kpatch is for the fast one)."""
+    install_wheel(systemd_guest, pykpatch_wheel)
+    return systemd_guest

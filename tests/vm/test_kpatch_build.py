@@ -9,6 +9,8 @@ import pytest
 from kpatch_build_support import (
     EXAMPLES, PATCHES, Build, kernel_health, kpatch_build, load, unload, wait_for,
 )
+from pykpatch.build.target import module_dependencies
+from pykpatch.kernel.livepatch import SYSFS_LIVEPATCH
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +111,67 @@ def test_module_function_patched_when_the_module_loads_later(built, healthy):
     unload(guest, b)
     assert guest.check(f"cat {BINFMT}/status").strip() == "enabled"
     _binfmt_down(guest)
+
+
+# nfsd_show() (/proc/net/rpc/nfsd) calls svc_seq_show(), an export of sunrpc,
+# which nfsd depends on; the patch also changes /proc/cmdline (vmlinux).
+NFSD_PATCH = "module-nfsd-sunrpc.patch"
+NFSD_STATS = "/proc/net/rpc/nfsd"
+NFSD_MARKER = "pykpatch nfsd stats"
+
+
+def _modules(guest):
+    return set(guest.check("cut -d' ' -f1 /proc/modules").split())
+
+
+def _relocations_of(module, section):
+    """The symbols of one relocation section of *module*, as readelf shows them."""
+    text = subprocess.run(["readelf", "-rW", str(module)], capture_output=True, text=True,
+                          check=True).stdout
+    for block in text.split("\nRelocation section ")[1:]:
+        if block.startswith(f"'{section}'"):
+            return [line.split()[4] for line in block.splitlines()[2:] if len(line.split()) > 4]
+    raise AssertionError(f"{module.name} has no relocation section {section}")
+
+
+def test_module_patch_calling_another_modules_export_loads_before_both(built, healthy, kernel):
+    guest, b = healthy, ok(built(NFSD_PATCH))
+    depends = subprocess.run(["modinfo", "-F", "depends", str(b.module)], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert depends == ""
+    # The export is resolved when nfsd loads, from sunrpc's symbols.
+    assert ".klp.sym.sunrpc.svc_seq_show,0" in _relocations_of(
+        b.module, ".klp.rela.nfsd..text.nfsd_show")
+    before = _modules(guest)
+    assert not {"nfsd", "sunrpc"} & before
+    cmdline = guest.check("cat /proc/cmdline").rstrip("\n")
+    load(guest, b)
+    assert guest.check("cat /proc/cmdline") == f"{cmdline} pykpatch=nfsd\n"
+    guest.check("modprobe nfsd")
+    assert _modules(guest) - before - {b.name} == {"nfsd"} | module_dependencies(
+        kernel.modules_dir, "nfsd")
+    assert guest.check(f"cat {SYSFS_LIVEPATCH}/{b.name}/nfsd/patched").strip() == "1"
+    assert NFSD_MARKER in guest.check(f"cat {NFSD_STATS}")
+    unload(guest, b)
+    assert NFSD_MARKER not in guest.check(f"cat {NFSD_STATS}")
+    guest.check("modprobe -r nfsd")
+    assert "nfsd" not in _modules(guest)
+
+
+def test_installed_module_patch_loads_at_boot_and_patches_its_target_loaded_later(
+        built, systemd_kpatch):
+    guest, b = systemd_kpatch, ok(built(NFSD_PATCH))
+    guest.check(f"kpatch install {guest.put(b.module, f'/tmp/{b.module.name}')}")
+    guest.reboot()
+    guest.check("dmesg -C")
+    assert guest.check("systemctl is-active kpatch.service").strip() == "active"
+    assert b.name in _modules(guest) and not {"nfsd", "sunrpc"} & _modules(guest)
+    assert guest.check("cat /proc/cmdline").rstrip("\n").endswith(" pykpatch=nfsd")
+    guest.check("modprobe nfsd")
+    assert NFSD_MARKER in guest.check(f"cat {NFSD_STATS}")
+    assert kernel_health(guest) == {"bad_dmesg": [], "unexpected_taint": 0}
+    guest.check(f"kpatch uninstall {b.name} && kpatch unload {b.name} && modprobe -r nfsd")
+    assert NFSD_MARKER not in guest.check(f"cat {NFSD_STATS} 2>/dev/null; true")
 
 
 def test_shadow_variable_per_task(built, healthy):

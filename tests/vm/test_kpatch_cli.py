@@ -232,15 +232,6 @@ def test_non_root_user_gets_one_line(kguest) -> None:
 
 # --- install and boot ----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def systemd_kpatch(systemd_guest, pykpatch_wheel):
-    """The systemd guest with pykpatch installed (as guest_kpatch does for the fast one)."""
-    remote = systemd_guest.put(pykpatch_wheel, f"/tmp/{pykpatch_wheel.name}")
-    systemd_guest.check("python3 -m pip install -q --no-deps --break-system-packages "
-                        f"--force-reinstall {remote}", timeout=300)
-    return systemd_guest
-
-
 def test_install_survives_reboot_and_uninstall_removes_it(systemd_kpatch, build_module) -> None:
     guest = systemd_kpatch
     ko = _put_module(guest, build_module, "livepatch_cmdline_a")
