@@ -23,8 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pykpatch.provider.debian import default_release  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-RELEASE = "6.1.0-56-cloud-amd64"
+RELEASE = default_release()  # the pinned 6.1 cloud release, or the newest once it is gone
 ONE = REPO / "examples" / "cmdline-string.patch"
 FIVE = REPO / "tests" / "vm" / "patches" / "five-files.patch"
 

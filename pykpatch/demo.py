@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pykpatch.build.pipeline import BuildOptions, Progress, build, default_logfile
 from pykpatch.errors import KpatchError
-from pykpatch.provider.debian import DEFAULT_RELEASE, DebianKernel
+from pykpatch.provider.debian import DebianKernel, default_release
 from pykpatch.testbed.vm import Guest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cmdline-string.patch"
@@ -68,11 +68,12 @@ def run_demo(patch: Path, release: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patch", type=Path, default=EXAMPLE)
-    parser.add_argument("-k", "--kernel", default=DEFAULT_RELEASE)
+    parser.add_argument("-k", "--kernel", help="Debian kernel release (default: the pinned "
+                        "6.1 cloud release while the archive has it, else the newest of its line)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        run_demo(args.patch, args.kernel)
+        run_demo(args.patch, args.kernel or default_release())
     except KpatchError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return err.exit_code

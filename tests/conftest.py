@@ -1,12 +1,14 @@
-"""Shared test setup: the repo root, the shared corpus, and the VM switch."""
+"""Shared test setup: the repo root, the shared corpus, the VM switch, and
+CI's rule that only a branch not taken may skip (see world.py)."""
 
 import os
 from pathlib import Path
 
 import pytest
 
+from world import CORPUS, IN_CI, SHARED, corpus_present, is_branch_skip, require
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,10 +30,27 @@ def repo_root() -> Path:
     return REPO
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if IN_CI and not corpus_present():
+        raise pytest.UsageError(f"CI=true but kpatch's conformance corpus is missing: {CORPUS} "
+                                "(shared/ must lie beside the clone)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """In CI, a skip for anything but a branch not taken is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not is_branch_skip(reason):
+            report.outcome = "failed"
+            report.longrepr = f"CI=true, and this test skipped: {reason}"
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared/ is not beside the repository ({SHARED})")
+    require(SHARED.is_dir(), f"shared/ beside the repository ({SHARED})")
     return SHARED
 
 

@@ -39,7 +39,9 @@ log = logging.getLogger("pykpatch")
 
 # The kernel the project demonstrates and tests on, with the Debian version
 # we pin.  When the archive has dropped that version, the newest complete set
-# is used instead and the choice is logged.
+# is used instead; when it has dropped the release (old ABIs leave it a few
+# months after a security update), the newest release of the same line and
+# flavour (see default_release).  Every such choice is logged.
 DEFAULT_RELEASE = "6.1.0-56-cloud-amd64"
 PINNED_VERSIONS: Dict[str, str] = {
     "6.1.0-56-cloud-amd64": "6.1.192-2",
@@ -168,11 +170,52 @@ def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
     return PackageSet(release, version, versions)
 
 
+def releases_in_archive(like: str) -> List[str]:
+    """Releases of the same line and flavour as *like* that apt knows a
+    debug image of (the rarest package of a set), newest ABI first."""
+    wanted = DebianRelease.parse(like)
+    prefix = f"linux-image-{wanted.series}."
+    found = []
+    for name in run(["apt-cache", "pkgnames", prefix], check=False).stdout.split():
+        release = name[len("linux-image-"):-len("-dbg")] if name.endswith("-dbg") else ""
+        if _RELEASE_RE.match(release) and _same_line(DebianRelease.parse(release), wanted):
+            found.append(release)
+    return sorted(found, key=lambda r: _version_key(DebianRelease.parse(r).abi), reverse=True)
+
+
+def _same_line(a: DebianRelease, b: DebianRelease) -> bool:
+    return (a.series, a.flavour) == (b.series, b.flavour)
+
+
+def newest_release(like: str = DEFAULT_RELEASE, cache: Optional[Path] = None) -> str:
+    """The newest release of *like*'s line and flavour whose whole package set
+    the archive has (e.g. 6.1.0-57-cloud-amd64 for 6.1.0-56-cloud-amd64)."""
+    require_tool("apt-cache", "apt")
+    for release in releases_in_archive(like):
+        if DebianKernel(release, cache=cache).in_archive():
+            return release
+    raise KpatchError(f"Debian's archive (as apt knows it) has no complete package set of a "
+                      f"release like {like}; run 'apt-get update'")
+
+
+def default_release(cache: Optional[Path] = None) -> str:
+    """:data:`DEFAULT_RELEASE` while the archive or the cache has it, else the
+    newest release of its line (logged)."""
+    if DebianKernel(DEFAULT_RELEASE, cache=cache).in_archive():
+        return DEFAULT_RELEASE
+    newest = newest_release(DEFAULT_RELEASE, cache)
+    log.warning("kernel %s is gone from Debian's archive; using %s, the newest of its line",
+                DEFAULT_RELEASE, newest)
+    return newest
+
+
 class DebianKernel:
     """Everything pykpatch needs about one Debian kernel release, cached."""
 
-    def __init__(self, release: str = DEFAULT_RELEASE, cache: Optional[Path] = None,
+    def __init__(self, release: Optional[str] = None, cache: Optional[Path] = None,
                  version: Optional[str] = None) -> None:
+        """*release* None: :func:`default_release`."""
+        release = release or default_release(cache)
         self.release = DebianRelease.parse(release)
         self.cache = cache_dir(cache)
         self._pinned = version or PINNED_VERSIONS.get(release)
@@ -184,6 +227,15 @@ class DebianKernel:
         if self._packages is None:
             self._packages = self._resolve_packages()
         return self._packages
+
+    def in_archive(self) -> bool:
+        """True when a complete package set of this release can be had (cached
+        or from the archive); no download."""
+        try:
+            self.packages
+        except KpatchError:
+            return False
+        return True
 
     def _resolve_packages(self) -> PackageSet:
         cached = self._cached_set()

@@ -9,24 +9,23 @@ from typing import List
 
 import pytest
 
+from world import CORPUS, corpus_present, require
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CORPUS = REPO_ROOT.parent / "shared" / "conformance" / "kpatch-unit-x86_64"
 
 
 @pytest.fixture(scope="session")
 def corpus() -> Path:
-    """The kpatch unit-object corpus (CI checks it out next to the clone)."""
-    if not (CORPUS / "expectations.json").is_file():
-        pytest.skip(f"conformance corpus not found at {CORPUS} (expected beside the repo)")
+    """The kpatch unit-object corpus (CI has shared/ beside the clone)."""
+    require(corpus_present(), f"kpatch's conformance corpus at {CORPUS} (beside the repo)")
     return CORPUS
 
 
 def load_cases() -> List[dict]:
     """The corpus cases, or [] when the corpus is absent (tests then skip)."""
-    path = CORPUS / "expectations.json"
-    if not path.is_file():
+    if not corpus_present():
         return []
-    return json.loads(path.read_text())["cases"]
+    return json.loads((CORPUS / "expectations.json").read_text())["cases"]
 
 
 def run_diff_cli(args: List[str]) -> subprocess.CompletedProcess:

@@ -9,7 +9,9 @@ import pytest
 
 from pykpatch.errors import KpatchError
 from pykpatch.process import run_pipeline
-from pykpatch.provider.debian import (DebianKernel, DebianRelease, choose_versions,
+from pykpatch.provider import debian
+from pykpatch.provider.debian import (DEFAULT_RELEASE, DebianKernel, DebianRelease,
+                                      choose_versions, default_release, newest_release,
                                       source_exclusions)
 from pykpatch.testbed.rootfs import debian_mirror
 
@@ -215,3 +217,37 @@ def test_a_producer_complaining_that_its_reader_stopped_early(tmp_path: Path):
         run_pipeline([producer, ["head", "-n", "1"]], what="one line", stdout=out,
                      last_stops_early=True)
     assert (tmp_path / "out").read_text() == "y\n"
+
+
+def _archive_of(monkeypatch, complete, listed):
+    """apt as if it listed debug images of *listed*, with whole sets of *complete*."""
+    names = "\n".join(f"linux-image-{r}-dbg" for r in sorted(listed))
+    monkeypatch.setattr(debian, "run", lambda argv, check=True: subprocess.CompletedProcess(
+        argv, 0, names + "\nlinux-image-6.1.0-57-cloud-amd64-unsigned\n", ""))
+    monkeypatch.setattr(debian, "require_tool", lambda *args: None)
+    monkeypatch.setattr(DebianKernel, "in_archive", lambda self: self.release.release in complete)
+
+
+def test_default_release_is_the_pinned_one_while_the_archive_has_it(tmp_path, monkeypatch):
+    releases = {"6.1.0-55-cloud-amd64", DEFAULT_RELEASE, "6.1.0-57-cloud-amd64"}
+    _archive_of(monkeypatch, releases, releases)
+    assert default_release(tmp_path) == DEFAULT_RELEASE
+    assert DebianKernel(cache=tmp_path).release.release == DEFAULT_RELEASE
+
+
+def test_default_release_is_the_newest_complete_one_once_the_pinned_one_is_gone(
+        tmp_path, monkeypatch, caplog):
+    # 6.1.0-58's set is incomplete (a dbg package only), the other flavour and
+    # the other line do not count, and ABIs compare as numbers (100 > 99).
+    complete = {"6.1.0-55-cloud-amd64", "6.1.0-99-cloud-amd64", "6.1.0-100-cloud-amd64"}
+    listed = complete | {"6.1.0-101-cloud-amd64", "6.1.0-200-amd64", "6.12.0-9-cloud-amd64"}
+    _archive_of(monkeypatch, complete, listed)
+    with caplog.at_level(logging.WARNING, logger="pykpatch"):
+        assert default_release(tmp_path) == "6.1.0-100-cloud-amd64"
+    assert f"kernel {DEFAULT_RELEASE} is gone from Debian's archive; using 6.1.0-100" in caplog.text
+
+
+def test_no_complete_release_of_the_line_is_an_error(tmp_path, monkeypatch):
+    _archive_of(monkeypatch, set(), {"6.1.0-58-cloud-amd64"})
+    with pytest.raises(KpatchError, match="no complete package set of a release like"):
+        newest_release(cache=tmp_path)

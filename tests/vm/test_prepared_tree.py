@@ -17,6 +17,8 @@ from pykpatch.build.objindex import parse_make_dry_run
 from pykpatch.build.target import prepared_tree
 from pykpatch.build.workspace import PatchedTree
 from pykpatch.kernel import kbuild
+from pykpatch.provider.debian import DebianKernel, newest_release
+from world import skip_branch
 
 # Files `prepare` makes that are compiled with KCFLAGS themselves.
 PREPARE_OUTPUTS = ("arch/x86/kernel/asm-offsets.s", "kernel/bounds.s", "scripts/mod/empty.o",
@@ -46,9 +48,27 @@ def test_resolve_btfids_is_not_built(tree_and_index):
     assert not (tree / "tools/bpf/resolve_btfids/resolve_btfids").exists()
 
 
-def test_objtool_is_the_packaged_one_and_makes_the_objects_a_built_one_makes(
-        kernel, tree_and_index, tmp_path):
-    tree, index = tree_and_index
+@pytest.fixture(scope="module", params=["pinned", "newest"])
+def any_tree(request, kernel):
+    """The pinned release's tree and the newest release's: today linux-kbuild
+    is the version of only one of them, so both branches of objtool run."""
+    chosen = kernel if request.param == "pinned" else DebianKernel(newest_release())
+    return (chosen, *prepared_tree(chosen, jobs=2))
+
+
+def _kbuild_is_the_kernels(kernel) -> bool:
+    return kernel.packages.versions["kbuild"] == kernel.packages.version
+
+
+def _versions(kernel) -> str:
+    return (f"{kernel.release.release}: linux-kbuild-{kernel.release.series} "
+            f"{kernel.packages.versions['kbuild']}, kernel packages {kernel.packages.version}")
+
+
+def test_objtool_is_the_packaged_one_when_linux_kbuild_is_the_kernels_version(any_tree, tmp_path):
+    kernel, tree, index = any_tree
+    if not _kbuild_is_the_kernels(kernel):
+        skip_branch(f"{_versions(kernel)}: objtool is built (see the next test)")
     packaged = kernel.headers_dir / "tools/objtool/objtool"  # (linux-kbuild's, through a link)
     assert (tree / "tools/objtool/objtool").read_bytes() == packaged.read_bytes()
     assert not (tree / "tools/objtool/check.o").exists()  # nothing of objtool compiled here
@@ -72,6 +92,22 @@ def test_objtool_is_the_packaged_one_and_makes_the_objects_a_built_one_makes(
         packaged_obj = Path(results["packaged"][obj.obj]).read_bytes()
         assert b".orc_unwind" in packaged_obj  # objtool did run
         assert packaged_obj == Path(results["built"][obj.obj]).read_bytes(), obj.obj
+
+
+def test_objtool_is_built_from_the_tree_when_linux_kbuild_is_another_version(any_tree, tmp_path):
+    kernel, tree, index = any_tree
+    if _kbuild_is_the_kernels(kernel):
+        skip_branch(f"{_versions(kernel)}: objtool is the packaged one (see the previous test)")
+    packaged = kernel.headers_dir / "tools/objtool/objtool"
+    in_tree = tree / "tools/objtool/objtool"
+    assert (tree / "tools/objtool/check.o").is_file()  # kbuild compiled it here
+    assert in_tree.read_bytes() != packaged.read_bytes()
+    obj = index.for_source("fs/proc/cmdline.c")
+    with PatchedTree(tree, [], tmp_path / "build.log"):
+        built = compile_objects(tree, kernel.make_args(), [obj], tmp_path / "out", jobs=2,
+                                extra_cflags="-ffunction-sections -fdata-sections",
+                                logfile=tmp_path / "build.log", what="with the tree's objtool")
+    assert b".orc_unwind" in Path(built[obj.obj]).read_bytes()  # objtool did run
 
 
 def test_the_debug_vmlinux_has_what_the_build_reads_and_no_dwarf(kernel, tmp_path):

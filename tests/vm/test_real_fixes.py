@@ -18,8 +18,10 @@ from kpatch_build_support import Build, kernel_health, kpatch_build, load, unloa
 from pykpatch.kernel.livepatch import SYSFS_LIVEPATCH
 from pykpatch.provider.debian import DebianKernel
 from pykpatch.testbed.vm import Guest
+from world import skip_branch
 
 RELEASE = "6.1.0-54-cloud-amd64"
+SOURCE_VERSION = "6.1.190-1"  # the Debian version whose source the patches apply to
 FIXES = Path(__file__).parent / "real_fixes"
 
 # patch file -> where it goes (vmlinux or the module's name)
@@ -46,7 +48,14 @@ REFUSED = {
 
 @pytest.fixture(scope="module")
 def kernel54() -> DebianKernel:
-    return DebianKernel(RELEASE)
+    """The kernel the corpus was made for, while the archive (or the cache) has it."""
+    kernel = DebianKernel(RELEASE, version=SOURCE_VERSION)
+    if not kernel.in_archive():
+        skip_branch(f"{RELEASE} has left Debian's archive; the corpus was made for it")
+    if kernel.packages.version != SOURCE_VERSION:
+        skip_branch(f"{RELEASE} is now Debian {kernel.packages.version}; the corpus was made "
+                    f"from {SOURCE_VERSION}")
+    return kernel
 
 
 @pytest.fixture(scope="module")
