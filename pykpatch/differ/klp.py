@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Dict, List, Optional
 
+from pykpatch.differ.refuse import raise_refusals
 from pykpatch.differ.state import DiffState
 from pykpatch.differ.symbols import TargetSymbols, read_target_symbols
 from pykpatch.elf.model import Symbol
-from pykpatch.errors import InputError, Refusal
+from pykpatch.errors import InputError
 from pykpatch.kernel.livepatch import VMLINUX, klp_symbol_name, module_objname
 from pykpatch.kernel.symvers import read_symvers
 
@@ -122,8 +123,6 @@ def decide_externals(state: DiffState, table: TargetSymbols) -> Dict[Symbol, Klp
         target = classify_external(state, table, sym)
         if target is not None:
             out[sym] = target
-    problems = unmet_dependencies(state, out)
-    if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise Refusal(f"{state.patched.path}: cannot live patch this object:\n{lines}")
+    state.refusals += unmet_dependencies(state, out)
+    raise_refusals(state)
     return out
