@@ -17,12 +17,17 @@ DIFF_CFLAGS = "-ffunction-sections -fdata-sections"
 
 def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[KernelObject],
                     dest: Path, *, jobs: int, extra_cflags: str = "",
-                    logfile: Path, what: str) -> Dict[str, Path]:
-    """Build *objects* in *tree* with kbuild and copy them to *dest*; obj -> copy."""
+                    logfile: Path, what: str, tools: Sequence[str] = ()) -> Dict[str, Path]:
+    """Build *objects* in *tree* with kbuild and copy them to *dest*; obj -> copy.
+
+    *tools*: what goes before ``make`` (a build root's entry; see
+    :attr:`pykpatch.provider.debian.DebianKernel.tools`).
+    """
     kcflags = f"{DIFF_CFLAGS} {extra_cflags}".strip()
-    argv = ["make", *make_args, *kbuild.not_remade(kbuild.PREPARE_GOAL), f"KCFLAGS={kcflags}",
+    argv = [*tools, "make", *make_args, *kbuild.not_remade(kbuild.PREPARE_GOAL), f"KCFLAGS={kcflags}",
             *[o.obj for o in objects]]
-    proc = run([argv[0], f"-j{jobs}", *argv[1:]], cwd=tree, logfile=logfile, check=False)
+    parallel = [*argv[:len(tools) + 1], f"-j{jobs}", *argv[len(tools) + 1:]]
+    proc = run(parallel, cwd=tree, logfile=logfile, check=False)
     raced = _compiled_twice(proc.stdout) if jobs > 1 else set()
     if raced:
         # A directory listed at the top level and inside another one

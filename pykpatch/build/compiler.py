@@ -31,11 +31,12 @@ def check_compiler(target: Target) -> str:
     """Refuse unless the local compiler is exactly the kernel's; returns its version line."""
     expected = kernel_compiler_text(target)
     cc = expected.split()[0]
-    local = run([cc, "--version"], check=False).stdout.splitlines()
+    local = run([*target.tools, cc, "--version"], check=False).stdout.splitlines()
     found = local[0] if local else f"{cc}: not installed"
     if found != expected:
-        raise Refusal(f"compiler mismatch: the kernel was built with '{expected}', this "
-                      f"machine has '{found}'; objects would not match the running code "
+        where = "its build root" if target.tools else "this machine"
+        raise Refusal(f"compiler mismatch: the kernel was built with '{expected}', {where} "
+                      f"has '{found}'; objects would not match the running code "
                       "(install that compiler, or --skip-compiler-check at your own risk)")
     return found
 

@@ -2,14 +2,15 @@
 
 import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from pykpatch.errors import KpatchError
 from pykpatch.process import run
 
 
 def build_external_module(headers_dir: Path, src_dir: Path, build_dir: Path,
-                          logfile: Optional[Path] = None, jobs: int = 2) -> List[Path]:
+                          logfile: Optional[Path] = None, jobs: int = 2,
+                          tools: Sequence[str] = ()) -> List[Path]:
     """Copy *src_dir* to *build_dir*, ``make -C headers M=build_dir``, return the .ko files.
 
     Building in a copy keeps the source directory clean whatever happens.
@@ -17,7 +18,7 @@ def build_external_module(headers_dir: Path, src_dir: Path, build_dir: Path,
     if build_dir.exists():
         shutil.rmtree(build_dir)
     shutil.copytree(src_dir, build_dir)
-    run(["make", f"-j{jobs}", "-C", headers_dir, f"M={build_dir}", "modules"],
+    run([*tools, "make", f"-j{jobs}", "-C", headers_dir, f"M={build_dir}", "modules"],
         logfile=logfile, what=f"building the module in {src_dir}")
     modules = sorted(build_dir.glob("*.ko"))
     if not modules:

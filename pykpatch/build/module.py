@@ -94,12 +94,12 @@ def prepare_module_dir(inputs: ModuleInputs, build_dir: Path) -> None:
 
 
 def link_module(inputs: ModuleInputs, headers_dir: Path, build_dir: Path, logfile: Path,
-                jobs: int = 2) -> Path:
+                jobs: int = 2, tools: Sequence[str] = ()) -> Path:
     """Build the livepatch .ko and put its klp relocations back; returns its path."""
     prepare_module_dir(inputs, build_dir)
     # modpost would refuse the .klp.sym.* references as undefined: they are
     # resolved by livepatch at load, not by the module loader.
-    run(["make", f"-j{jobs}", "-C", headers_dir, f"M={build_dir}", "KBUILD_MODPOST_WARN=1",
+    run([*tools, "make", f"-j{jobs}", "-C", headers_dir, f"M={build_dir}", "KBUILD_MODPOST_WARN=1",
          "modules"], logfile=logfile, what="linking the livepatch module")
     ko = build_dir / f"{inputs.name}.ko"
     if not ko.is_file():

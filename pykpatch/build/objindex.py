@@ -33,7 +33,9 @@ _INDEX_VERSION = 1
 
 _CC_LINE = re.compile(r"echo '  CC (?:\[M\]|   )  (?P<obj>\S+\.o)'")
 _GCC_CMD = re.compile(
-    r";\s+(?P<cmd>(?:\S*/)?gcc(?:-\d+)? -Wp,-MMD,\S+ .*? -c -o (?P<obj>\S+\.o) (?P<src>\S+\.c))\s+;")
+    # gcc-12 (Debian 12's kernels), x86_64-linux-gnu-gcc-14 (Debian 13's)
+    r";\s+(?P<cmd>(?:\S*/)?(?:[\w.]+-linux-gnu-)?gcc(?:-\d+)? -Wp,-MMD,\S+ .*? -c -o "
+    r"(?P<obj>\S+\.o) (?P<src>\S+\.c))\s+;")
 _NO_RULE = re.compile(r"No rule to make target '(?P<path>[^']+)'")
 _SOURCE_SUFFIXES = (".c", ".h", ".S")
 _MODNAME = re.compile(r"-DKBUILD_MODNAME='\"(?P<name>[^\"]+)\"'")
@@ -112,9 +114,10 @@ class ObjectIndex:
     """The objects of one prepared tree, by source file."""
 
     def __init__(self, tree: Path, make_args: Sequence[str], logfile: Optional[Path] = None,
-                 jobs: int = 2) -> None:
+                 jobs: int = 2, tools: Sequence[str] = ()) -> None:
         self.tree = tree
         self.make_args = list(make_args)
+        self.tools = list(tools)  # what goes before make and the compiler (a build root)
         self.jobs = jobs
         self.logfile = logfile
         self._objects: Optional[Dict[str, KernelObject]] = None
@@ -140,7 +143,7 @@ class ObjectIndex:
         # compile command has been printed by then.  Parallel, each sub-make's
         # lines kept together.  objtool is left alone: -n does not reach its
         # make, and modules_prepare may be building it.
-        proc = run(["make", "-n", "-k", f"-j{self.jobs}", "--output-sync=recurse",
+        proc = run([*self.tools, "make", "-n", "-k", f"-j{self.jobs}", "--output-sync=recurse",
                     *self.make_args, *kbuild.not_remade(kbuild.OBJTOOL_GOAL),
                     "vmlinux", "modules"], cwd=self.tree,
                    check=False, what="listing the kernel's objects (make -n)")
@@ -185,7 +188,7 @@ class ObjectIndex:
         argv = [a for a in argv if not a.startswith("-Wp,-MMD")]
         out_at = argv.index("-o")
         argv[out_at - 1:out_at + 2] = ["-M", "-MG", "-o", "/dev/stdout"]  # drop "-c -o X.o"
-        proc = subprocess.run(argv, cwd=self.tree, capture_output=True, text=True)
+        proc = subprocess.run([*self.tools, *argv], cwd=self.tree, capture_output=True, text=True)
         if proc.returncode != 0:
             raise KpatchError(f"preprocessing {obj.src} for its includes failed:\n"
                               + proc.stderr.strip()[-2000:])

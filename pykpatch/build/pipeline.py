@@ -99,7 +99,8 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
         outputs, reports = diff_all(target, affected, orig, patched, sizes, name, work)
         progress.stage(f"linking {name}.ko")
         inputs = ModuleInputs(name, outputs, patches, target.release, opts.replace)
-        ko = link_module(inputs, target.headers_dir, work / "module", logfile, opts.jobs)
+        ko = link_module(inputs, target.headers_dir, work / "module", logfile, opts.jobs,
+                         target.tools)
         check_module(ko, target.release, target.symvers)
         result = deliver(ko, reports, opts.output)
     finally:
@@ -140,13 +141,14 @@ def compile_twice(target: Target, patches: List[Path], affected: AffectedObjects
     with PatchedTree(target.tree, patches, logfile) as tree:
         progress.stage(f"compiling {len(affected.objects)} original object(s)")
         orig = compile_objects(target.tree, target.make_args, affected.objects, work / "orig",
-                               jobs=jobs, extra_cflags=extra, logfile=logfile, what="original")
+                               jobs=jobs, extra_cflags=extra, logfile=logfile, what="original",
+                               tools=target.tools)
         progress.stage("applying the patch")
         tree.apply()
         progress.stage(f"compiling {len(affected.objects)} patched object(s)")
         patched = compile_objects(target.tree, target.make_args, affected.objects,
                                   work / "patched", jobs=jobs, extra_cflags=extra,
-                                  logfile=logfile, what="patched")
+                                  logfile=logfile, what="patched", tools=target.tools)
     return orig, patched
 
 

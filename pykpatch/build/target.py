@@ -6,7 +6,7 @@ import os
 import platform
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, List, Optional, Set
 
@@ -16,6 +16,7 @@ from pykpatch.kernel import kbuild
 from pykpatch.kernel.livepatch import module_objname
 from pykpatch.kernel.module import MODINFO_DEPENDS
 from pykpatch.manage.modinfo import read_module_info
+from pykpatch.process import run_pipeline
 from pykpatch.provider.debian import DebianKernel
 
 log = logging.getLogger("pykpatch")
@@ -53,6 +54,7 @@ class Target:
     find_vmlinux: PathLater
     find_modules_dir: PathLater = known(None)
     debug_module: Optional[Callable[[Path], Path]] = None
+    tools: List[str] = field(default_factory=list)  # before make and the compiler
 
     @property
     def headers_dir(self) -> Path:
@@ -93,11 +95,30 @@ class Target:
 
 
 def shipped_module(modules_dir: Path, name: str) -> Path:
-    """The .ko of module *name* under *modules_dir*."""
+    """The .ko of module *name* under *modules_dir*, decompressed beside the
+    shipped file when that is compressed (Debian 13 ships .ko.xz)."""
     found = _shipped_modules(modules_dir).get(module_objname(name))
     if found is None:
         raise KpatchError(f"module {name} is not among the modules in {modules_dir}")
-    return found
+    if found.suffix == ".ko":
+        return found
+    return _decompressed(found)
+
+
+_DECOMPRESSORS = {".xz": ["xz", "-dc"], ".zst": ["zstd", "-dcq"], ".gz": ["gzip", "-dc"]}
+
+
+def _decompressed(path: Path) -> Path:
+    plain = path.with_suffix("")
+    if not plain.is_file():
+        tool = _DECOMPRESSORS.get(path.suffix)
+        if tool is None:
+            raise KpatchError(f"{path}: unknown module compression")
+        tmp = plain.with_name(plain.name + ".tmp")
+        with open(tmp, "wb") as out:
+            run_pipeline([[*tool, path]], stdout=out, what=f"decompressing {path.name}")
+        tmp.rename(plain)
+    return plain
 
 
 @functools.lru_cache(maxsize=4)
@@ -158,6 +179,7 @@ def debian_target(release: Optional[str], cache: Optional[Path], jobs: int,
         find_headers_dir=_waiting_for(later["headers"], "the kernel headers"),
         find_symbols=known(kallsyms) if kallsyms else dbg, find_vmlinux=dbg,
         find_modules_dir=lambda: kernel.modules_dir, debug_module=kernel.debug_module,
+        tools=kernel.tools,
     )
 
 
@@ -182,17 +204,20 @@ def prepared_tree(kernel: DebianKernel, jobs: int,
     On a new tree the objects are listed while ``modules_prepare`` runs: the
     dry run reads only the config and the Makefiles.
     """
+    def index_of(tree: Path) -> ObjectIndex:
+        return ObjectIndex(tree, kernel.make_args(), jobs=jobs, tools=kernel.tools)
+
     def list_objects(tree: Path) -> None:
-        ObjectIndex(tree, kernel.make_args(), jobs=jobs).objects
+        index_of(tree).objects
 
     try:
         tree = kernel.source_tree(jobs=jobs, alongside=list_objects, after_unpack=after_unpack)
-        index = ObjectIndex(tree, kernel.make_args(), jobs=jobs)
+        index = index_of(tree)
         index.objects
     except IncompleteTree as missing:
         log.warning("%s; unpacking the whole source", missing)
         tree = kernel.source_tree(jobs=jobs, full=True, alongside=list_objects)
-        index = ObjectIndex(tree, kernel.make_args(), jobs=jobs)
+        index = index_of(tree)
     return tree, index
 
 

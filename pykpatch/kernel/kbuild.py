@@ -67,8 +67,12 @@ def make_args(release: str, compiler: str) -> List[str]:
     running kernel's release (6.1.0-56-cloud-amd64); ``CC`` so that kconfig
     keeps the config's CONFIG_CC_VERSION_TEXT (Debian builds with gcc-12);
     resolve_btfids never built, as nothing we compile uses it.
+    ``--no-print-directory``: without it, the top-level make of 6.12 calls
+    itself once more (for GNU make 4.4.1's sake), and ``-o`` does not reach
+    that second make.
     """
-    return [f"KERNELRELEASE={release}", f"CC={compiler}", *not_remade(RESOLVE_BTFIDS_GOAL)]
+    return ["--no-print-directory", f"KERNELRELEASE={release}", f"CC={compiler}",
+            *not_remade(RESOLVE_BTFIDS_GOAL)]
 
 
 def config_value(config: Path, name: str) -> Optional[str]:

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import re
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ from pykpatch.errors import InputError, KpatchError
 from pykpatch.kernel import kbuild
 from pykpatch.process import require_tool, run, run_pipeline
 from pykpatch.provider import debpart
+from pykpatch.provider.archive import Archive, version_key
+from pykpatch.provider.buildroot import BuildRoot
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # (its data/ is read by compiles)
 
 log = logging.getLogger("pykpatch")
 
@@ -43,12 +48,19 @@ log = logging.getLogger("pykpatch")
 # months after a security update), the newest release of the same line and
 # flavour (see default_release).  Every such choice is logged.
 DEFAULT_RELEASE = "6.1.0-56-cloud-amd64"
+# Debian 13's kernel, chosen the same way where it is named.
+TRIXIE_RELEASE = "6.12.118+deb13-cloud-amd64"
 PINNED_VERSIONS: Dict[str, str] = {
     "6.1.0-56-cloud-amd64": "6.1.192-2",
     "6.1.0-54-cloud-amd64": "6.1.190-1",
+    TRIXIE_RELEASE: "6.12.118-1",
 }
 
-_RELEASE_RE = re.compile(r"^(?P<series>\d+\.\d+)\.\d+-(?P<abinum>\d+)-(?P<flavour>[a-z0-9-]+)$")
+# 6.1.0-56-cloud-amd64 (Debian 12's own line: <series>.0-<abi number>) and
+# 6.12.118+deb13-cloud-amd64 (from Debian 13 on, and backports: the upstream
+# version and the Debian release it was built for).
+_RELEASE_RE = re.compile(r"^(?P<abi>(?P<series>\d+\.\d+)\.(?:0-\d+|\d+\+deb\d+))"
+                         r"-(?P<flavour>[a-z][a-z0-9-]*)$")
 
 # Every architecture directory of the kernel source but x86's, as two tar
 # patterns: tar tries each pattern on each of the 80,000 names, and one
@@ -67,6 +79,10 @@ _SOURCE_TARBALL = "./usr/src/linux-source-*.tar.xz"
 _PREPARED_STAMP = ".pykpatch-prepared"
 
 
+# Debian major version -> codename (a +debN release names its N).
+_DEBIAN_CODENAMES = {12: "bookworm", 13: "trixie", 14: "forky"}
+
+
 @dataclass(frozen=True)
 class DebianRelease:
     """A Debian kernel release string, split into the parts package names use."""
@@ -81,10 +97,20 @@ class DebianRelease:
         m = _RELEASE_RE.match(release)
         if not m:
             raise InputError(
-                f"'{release}' is not a Debian kernel release "
-                "(expected something like 6.1.0-56-cloud-amd64)")
-        abi = release[: release.index("-" + m["flavour"])]
-        return cls(release, m["series"], abi, m["flavour"])
+                f"'{release}' is not a Debian kernel release (expected something like "
+                "6.1.0-56-cloud-amd64 or 6.12.118+deb13-cloud-amd64)")
+        return cls(release, m["series"], m["abi"], m["flavour"])
+
+    @property
+    def suite(self) -> str:
+        """The Debian release the kernel was built for (its userland: the compiler)."""
+        m = re.search(r"\+deb(\d+)$", self.abi)
+        return _DEBIAN_CODENAMES.get(int(m.group(1)) if m else 12, "unknown")
+
+    @property
+    def per_abi_kbuild(self) -> bool:
+        """Since the +debN releases, linux-kbuild is made per ABI, not per series."""
+        return "+deb" in self.abi
 
     def package_names(self) -> Dict[str, str]:
         """Debian package name for each role."""
@@ -92,7 +118,7 @@ class DebianRelease:
             "image": f"linux-image-{self.release}-unsigned",
             "headers": f"linux-headers-{self.release}",
             "headers_common": f"linux-headers-{self.abi}-common",
-            "kbuild": f"linux-kbuild-{self.series}",
+            "kbuild": f"linux-kbuild-{self.abi if self.per_abi_kbuild else self.series}",
             "source": f"linux-source-{self.series}",
             "dbg": f"linux-image-{self.release}-dbg",
         }
@@ -113,22 +139,6 @@ class PackageSet:
         return f"{name}_{version}_{arch}.deb"
 
 
-def available_versions(package: str) -> List[str]:
-    """Versions of *package* the apt lists know, newest first."""
-    proc = run(["apt-cache", "madison", package], check=False)
-    versions = []
-    for line in proc.stdout.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) >= 2 and parts[0] == package and parts[1] not in versions:
-            versions.append(parts[1])
-    return sorted(versions, key=_version_key, reverse=True)
-
-
-def _version_key(version: str) -> List[object]:
-    # Good enough for kernel versions like 6.1.192-2: numbers compare as numbers.
-    return [int(p) if p.isdigit() else p for p in re.split(r"[.\-+~]", version)]
-
-
 def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
                     pinned: Optional[str]) -> PackageSet:
     """Pick one Debian version for the whole set from *known* (role -> versions).
@@ -140,8 +150,8 @@ def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
     missing = [names[r] for r in STRICT_ROLES if not known.get(r)]
     if missing:
         raise KpatchError(
-            f"kernel {release.release}: Debian's archive (as apt knows it) has no "
-            f"{', '.join(missing)}; check the release name, or run 'apt-get update'")
+            f"kernel {release.release}: Debian's archive has no {', '.join(missing)}; "
+            "check the release name")
     common = set(known[STRICT_ROLES[0]])
     for role in STRICT_ROLES[1:]:
         common &= set(known[role])
@@ -152,7 +162,7 @@ def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
     if pinned in common:
         version = pinned
     else:
-        version = max(common, key=_version_key)
+        version = max(common, key=version_key)
         if pinned:
             log.warning("kernel %s: pinned Debian version %s is gone from the archive; "
                         "using %s, the newest complete set", release.release, pinned, version)
@@ -170,42 +180,44 @@ def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
     return PackageSet(release, version, versions)
 
 
-def releases_in_archive(like: str) -> List[str]:
-    """Releases of the same line and flavour as *like* that apt knows a
+def releases_in_archive(like: str, cache: Optional[Path] = None) -> List[str]:
+    """Releases of the same line and flavour as *like* that the archive has a
     debug image of (the rarest package of a set), newest ABI first."""
     wanted = DebianRelease.parse(like)
-    prefix = f"linux-image-{wanted.series}."
     found = []
-    for name in run(["apt-cache", "pkgnames", prefix], check=False).stdout.split():
+    for name in Archive(cache_dir(cache)).package_names(f"linux-image-{wanted.series}."):
         release = name[len("linux-image-"):-len("-dbg")] if name.endswith("-dbg") else ""
         if _RELEASE_RE.match(release) and _same_line(DebianRelease.parse(release), wanted):
             found.append(release)
-    return sorted(found, key=lambda r: _version_key(DebianRelease.parse(r).abi), reverse=True)
+    return sorted(found, key=lambda r: version_key(DebianRelease.parse(r).abi), reverse=True)
 
 
 def _same_line(a: DebianRelease, b: DebianRelease) -> bool:
-    return (a.series, a.flavour) == (b.series, b.flavour)
+    return (a.series, a.flavour, a.suite) == (b.series, b.flavour, b.suite)
 
 
 def newest_release(like: str = DEFAULT_RELEASE, cache: Optional[Path] = None) -> str:
     """The newest release of *like*'s line and flavour whose whole package set
     the archive has (e.g. 6.1.0-57-cloud-amd64 for 6.1.0-56-cloud-amd64)."""
-    require_tool("apt-cache", "apt")
-    for release in releases_in_archive(like):
+    for release in releases_in_archive(like, cache):
         if DebianKernel(release, cache=cache).in_archive():
             return release
-    raise KpatchError(f"Debian's archive (as apt knows it) has no complete package set of a "
-                      f"release like {like}; run 'apt-get update'")
+    raise KpatchError(f"Debian's archive has no complete package set of a release like {like}")
 
 
 def default_release(cache: Optional[Path] = None) -> str:
-    """:data:`DEFAULT_RELEASE` while the archive or the cache has it, else the
-    newest release of its line (logged)."""
-    if DebianKernel(DEFAULT_RELEASE, cache=cache).in_archive():
-        return DEFAULT_RELEASE
-    newest = newest_release(DEFAULT_RELEASE, cache)
+    """The release the demo and the tests use by default (see :func:`preferred_release`)."""
+    return preferred_release(DEFAULT_RELEASE, cache)
+
+
+def preferred_release(pinned: str, cache: Optional[Path] = None) -> str:
+    """*pinned* while the archive or the cache has it, else the newest release
+    of its line (logged)."""
+    if DebianKernel(pinned, cache=cache).in_archive():
+        return pinned
+    newest = newest_release(pinned, cache)
     log.warning("kernel %s is gone from Debian's archive; using %s, the newest of its line",
-                DEFAULT_RELEASE, newest)
+                pinned, newest)
     return newest
 
 
@@ -218,8 +230,10 @@ class DebianKernel:
         release = release or default_release(cache)
         self.release = DebianRelease.parse(release)
         self.cache = cache_dir(cache)
+        self.archive = Archive(self.cache)
         self._pinned = version or PINNED_VERSIONS.get(release)
         self._packages: Optional[PackageSet] = None
+        self._tools: Optional[List[str]] = None
 
     # -- package set and downloads ---------------------------------------------
     @property
@@ -241,8 +255,7 @@ class DebianKernel:
         cached = self._cached_set()
         if cached is not None:
             return cached
-        require_tool("apt-cache", "apt")
-        known = {role: available_versions(name)
+        known = {role: self.archive.versions(name)
                  for role, name in self.release.package_names().items()}
         return choose_versions(self.release, known, self._pinned)
 
@@ -259,7 +272,7 @@ class DebianKernel:
         return None
 
     def _cached_kbuild_versions(self) -> List[str]:
-        prefix = f"linux-kbuild-{self.release.series}_"
+        prefix = f"{self.release.package_names()['kbuild']}_"
         found = [p.name[len(prefix):].split("_")[0].replace("%3a", ":")
                  for p in self.debs_dir.glob(prefix + "*.deb")]
         return sorted(found, key=lambda v: v != self._pinned)
@@ -286,12 +299,8 @@ class DebianKernel:
         return path
 
     def _download(self, role: str) -> None:
-        name = self.release.package_names()[role]
-        version = self.packages.versions[role]
-        require_tool("apt-get", "apt")
-        log.info("downloading %s=%s", name, version)
-        run(["apt-get", "download", "-q", f"{name}={version}"], cwd=self.debs_dir,
-            what=f"downloading {name} {version}", logfile=self.cache / "logs" / "download.log")
+        self.archive.download(self.release.package_names()[role], self.packages.versions[role],
+                              self.debs_dir, self.cache / "logs" / "download.log")
 
     def download_all(self) -> None:
         for role in self.release.package_names():
@@ -349,7 +358,12 @@ class DebianKernel:
 
     @property
     def modules_dir(self) -> Path:
-        return self.image_dir / "lib" / "modules" / self.release.release
+        # /usr/lib/modules from Debian 13 on (merged /usr), /lib/modules before.
+        for lib in ("usr/lib", "lib"):
+            found = self.image_dir / lib / "modules" / self.release.release
+            if found.is_dir():
+                return found
+        raise KpatchError(f"{self.deb('image').name} has no lib/modules/{self.release.release}")
 
     @property
     def headers_dir(self) -> Path:
@@ -382,7 +396,7 @@ class DebianKernel:
         """The debug counterpart of shipped module *module* (a path under
         :attr:`modules_dir`): its symbol table keeps the FILE symbols that
         the shipped one lost, with the same addresses."""
-        rel = module.relative_to(self.modules_dir)
+        rel = module.relative_to(self.modules_dir).with_suffix(".ko")  # (shipped as .ko.xz)
         target = self.kernel_dir / "dbg" / "modules" / rel
         member = f"./usr/lib/debug/lib/modules/{self.release.release}/{rel}"
         return self._extract_member("dbg", member, target)
@@ -404,6 +418,23 @@ class DebianKernel:
         if path.stat().st_size == 0:
             raise KpatchError(f"{deb.name} has no {member}")
 
+    # -- where compiles run ----------------------------------------------------
+    @property
+    def tools(self) -> List[str]:
+        """What goes before each command that builds for this kernel: nothing
+        on a host of the kernel's own Debian release, else the entry into a
+        build root of that release (see :mod:`pykpatch.provider.buildroot`):
+        its compiler and its packaged host tools need that release."""
+        if self._tools is None:
+            suite = self.release.suite
+            if host_suite() == suite:
+                self._tools = []
+            else:
+                root = BuildRoot(self.cache, suite, compiler_package(self.compiler()))
+                self._tools = root.ensure().prefix([self.cache, Path(tempfile.gettempdir()),
+                                                     PACKAGE_DIR])
+        return self._tools
+
     # -- prepared source tree --------------------------------------------------
     def compiler(self) -> str:
         """The compiler the kernel was built with, from its config (e.g. gcc-12)."""
@@ -414,10 +445,11 @@ class DebianKernel:
         return kbuild.make_args(self.release.release, self.compiler())
 
     def compiler_version(self) -> str:
-        """First line of ``<compiler> --version`` on this machine."""
+        """First line of ``<compiler> --version`` where compiles run."""
         cc = self.compiler()
-        require_tool(cc, "gcc-12" if cc == "gcc-12" else "gcc")
-        return run([cc, "--version"], what=f"{cc} --version").stdout.splitlines()[0]
+        if not self.tools:
+            require_tool(cc, compiler_package(cc))
+        return run([*self.tools, cc, "--version"], what=f"{cc} --version").stdout.splitlines()[0]
 
     def tree_key(self) -> str:
         material = self.config.read_bytes() + self.compiler_version().encode()
@@ -494,7 +526,7 @@ class DebianKernel:
         rest of the preparation and the listing can run side by side.
         """
         shutil.copyfile(self.config, tree / ".config")
-        make = ["make", f"-j{jobs}", *self.make_args()]
+        make = [*self.tools, "make", f"-j{jobs}", *self.make_args()]
         run(make + ["olddefconfig"], cwd=tree, logfile=logfile, what="make olddefconfig")
         run(make + [kbuild.CONFIG_AND_HOST_TOOLS_GOAL], cwd=tree, logfile=logfile,
             what=f"make {kbuild.CONFIG_AND_HOST_TOOLS_GOAL}")
@@ -512,10 +544,14 @@ class DebianKernel:
         if self.packages.versions["kbuild"] != self.packages.version:
             return False
         binary = tree / kbuild.OBJTOOL_BINARY
-        member = f"./usr/lib/linux-kbuild-{self.release.series}/{kbuild.OBJTOOL_BINARY}"
+        kbuild_dir = self.release.package_names()["kbuild"]
+        # Since the +debN packages, tools/objtool/objtool is a wrapper that
+        # runs objtool.real-<arch>.
+        suffix = ".real-x86" if self.release.per_abi_kbuild else ""
+        member = f"./usr/lib/{kbuild_dir}/{kbuild.OBJTOOL_BINARY}{suffix}"
         self._extract_member("kbuild", member, binary)
         binary.chmod(0o755)
-        if _runs(binary):
+        if _runs([*self.tools, binary]):
             return True
         log.info("%s from %s does not run here; building objtool", kbuild.OBJTOOL_BINARY,
                  self.deb("kbuild").name)
@@ -530,7 +566,7 @@ class DebianKernel:
         removes the tree on failure).  When both fail, the failure of
         ``modules_prepare`` is raised: the listing depends on it.
         """
-        make = ["make", f"-j{jobs}", *self.make_args(), "modules_prepare"]
+        make = [*self.tools, "make", f"-j{jobs}", *self.make_args(), "modules_prepare"]
         if self._install_packaged_objtool(tree):
             make[-1:-1] = kbuild.not_remade(kbuild.OBJTOOL_GOAL)
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -545,6 +581,21 @@ class DebianKernel:
                     raise failed from listing_failed
                 raise
             preparing.result()
+
+
+def host_suite(os_release: Path = Path("/etc/os-release")) -> str:
+    """The codename of the host's Debian release ("" elsewhere)."""
+    try:
+        text = os_release.read_text()
+    except OSError:
+        return ""
+    m = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", text, re.M)
+    return m.group(1) if m else ""
+
+
+def compiler_package(compiler: str) -> str:
+    """The Debian package of a kernel's compiler (x86_64-linux-gnu-gcc-14: gcc-14)."""
+    return compiler.rsplit("-linux-gnu-", 1)[-1]
 
 
 def _made_once(target: Path, write: Callable[[Path], None]) -> Path:
@@ -583,10 +634,10 @@ def source_exclusions(config: str) -> List[str]:
     return patterns
 
 
-def _runs(program: Path) -> bool:
-    """True if *program* starts on this machine (its usage message is enough)."""
+def _runs(program: Sequence[object]) -> bool:
+    """True if *program* starts (its usage message is enough)."""
     try:
-        proc = run([program, "--help"], check=False)
+        proc = run([*program, "--help"], check=False)
     except (KpatchError, OSError):  # (not found; not an executable for this machine)
         return False
     return proc.returncode not in (126, 127) and proc.returncode >= 0

@@ -1,4 +1,5 @@
-"""The test guest's disk: a small Debian 12 root with the target kernel in it.
+"""The test guest's disk: a small Debian root of the kernel's own release
+(Debian 12 for 6.1, Debian 13 for 6.12+deb13) with the kernel in it.
 
 Made once per kernel release and cached::
 
@@ -12,19 +13,17 @@ Guests never write to ``base.img``: each boot gets a qcow2 overlay.
 
 import hashlib
 import logging
-import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator, List
 
 from pykpatch.errors import KpatchError
 from pykpatch.process import require_tool, run
+from pykpatch.provider.archive import host_mirrors
 from pykpatch.provider.debian import DebianKernel
 
 log = logging.getLogger("pykpatch")
 
-SUITE = "bookworm"
 GUEST_PACKAGES = [
     "python3", "python3-pip", "kmod", "systemd-sysv", "udev", "initramfs-tools",
     "linux-base", "zstd", "e2fsprogs", "procps",
@@ -34,28 +33,8 @@ AGENT_DIR = Path(__file__).parent / "guest"
 
 
 def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
-    """The Debian archive URI this host's apt already uses for the main suite."""
-    for uri, suites in _apt_sources(sources_dir):
-        if any(s == SUITE or s == SUITE + "-updates" for s in suites) and "security" not in uri:
-            return uri
-    raise KpatchError(f"no apt source for Debian {SUITE} in {sources_dir}; "
-                      "debootstrap needs a Debian mirror")
-
-
-def _apt_sources(sources_dir: Path) -> Iterator["tuple[str, List[str]]"]:
-    one_line = [sources_dir / "sources.list", *sorted(sources_dir.glob("sources.list.d/*.list"))]
-    for path in one_line:
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                words = re.sub(r"\[[^]]*\]", "", line).split()
-                if len(words) >= 3 and words[0] == "deb":
-                    yield words[1], [words[2]]
-    for path in sorted(sources_dir.glob("sources.list.d/*.sources")):
-        for stanza in path.read_text().split("\n\n"):
-            fields = dict(re.findall(r"^(\w[\w-]*):\s*(.*)$", stanza, re.M))
-            if "deb" in fields.get("Types", "").split():
-                for uri in fields.get("URIs", "").split():
-                    yield uri, fields.get("Suites", "").split()
+    """The Debian archive URI this host's apt already uses."""
+    return host_mirrors(sources_dir).main
 
 
 class GuestImage:
@@ -95,7 +74,8 @@ class GuestImage:
         log.info("building the guest's Debian root (debootstrap, about a minute)")
         try:
             run(["debootstrap", "--variant=minbase", "--include=" + ",".join(GUEST_PACKAGES),
-                 SUITE, root, debian_mirror()], logfile=self.logfile, what="debootstrap")
+                 self.kernel.release.suite, root, debian_mirror()], logfile=self.logfile,
+                what="debootstrap")
             self._install_kernel(root)
             self._configure(root)
         except BaseException:

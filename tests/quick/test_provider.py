@@ -13,6 +13,7 @@ from pykpatch.provider import debian
 from pykpatch.provider.debian import (DEFAULT_RELEASE, DebianKernel, DebianRelease,
                                       choose_versions, default_release, newest_release,
                                       source_exclusions)
+from pykpatch.provider.archive import SUITES, Archive, Mirrors, host_mirrors, version_key
 from pykpatch.testbed.rootfs import debian_mirror
 
 REL = DebianRelease.parse("6.1.0-56-cloud-amd64")
@@ -33,7 +34,20 @@ def test_release_is_split_into_package_name_parts():
     assert names["source"] == "linux-source-6.1"
 
 
-@pytest.mark.parametrize("bad", ["6.18.44-fc-v782x!", "linux", "6.1", ""])
+@pytest.mark.parametrize("release,abi,kbuild,suite", [
+    ("6.12.118+deb13-cloud-amd64", "6.12.118+deb13", "linux-kbuild-6.12.118+deb13", "trixie"),
+    ("6.12.118+deb12-amd64", "6.12.118+deb12", "linux-kbuild-6.12.118+deb12", "bookworm"),
+    ("7.3.4+deb13-cloud-amd64", "7.3.4+deb13", "linux-kbuild-7.3.4+deb13", "trixie"),
+    ("6.1.0-57-amd64", "6.1.0-57", "linux-kbuild-6.1", "bookworm"),
+])
+def test_releases_of_every_naming_scheme(release, abi, kbuild, suite):
+    parsed = DebianRelease.parse(release)
+    assert (parsed.abi, parsed.package_names()["kbuild"], parsed.suite) == (abi, kbuild, suite)
+    assert parsed.package_names()["headers_common"] == f"linux-headers-{abi}-common"
+
+
+@pytest.mark.parametrize("bad", ["6.18.44-fc-v782x!", "linux", "6.1", "", "6.12.118+deb13",
+                                 "6.1.5-56-cloud-amd64"])
 def test_a_non_debian_release_is_an_error_naming_it(bad):
     with pytest.raises(KpatchError, match="not a Debian kernel release"):
         DebianRelease.parse(bad)
@@ -95,8 +109,27 @@ def test_mirror_comes_from_one_line_sources(tmp_path: Path):
 
 def test_no_debian_source_is_a_clear_error(tmp_path: Path):
     (tmp_path / "sources.list").write_text("deb http://other.example/ubuntu jammy main\n")
-    with pytest.raises(KpatchError, match="no apt source for Debian bookworm"):
+    with pytest.raises(KpatchError, match="no apt source for a Debian suite"):
         debian_mirror(tmp_path)
+
+
+def test_security_mirror_and_the_suites_of_our_own_sources_list(tmp_path: Path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n")
+    mirrors = host_mirrors(tmp_path)
+    assert mirrors == Mirrors("http://mirror.example/debian", "http://mirror.example/debian-security")
+    lines = Archive(tmp_path, mirrors).sources_list().splitlines()
+    assert [line.split()[-2] for line in lines] == list(SUITES)
+    assert any(line.endswith("debian-security trixie-security main") for line in lines)
+    assert any(line.endswith("/debian trixie-backports main") for line in lines)
+
+
+def test_debian_versions_order_backports_and_stable_updates_before_their_base():
+    ordered = ["6.12.118-1", "6.12.118-1~deb12u1", "6.12.117-1", "6.12.95-1~bpo12+1",
+               "6.1.192-10", "6.1.192-3"]
+    assert sorted(reversed(ordered), key=version_key, reverse=True) == ordered
 
 
 def _kernel_with_toy_tree(tmp_path, monkeypatch, recipe):
@@ -220,11 +253,10 @@ def test_a_producer_complaining_that_its_reader_stopped_early(tmp_path: Path):
 
 
 def _archive_of(monkeypatch, complete, listed):
-    """apt as if it listed debug images of *listed*, with whole sets of *complete*."""
-    names = "\n".join(f"linux-image-{r}-dbg" for r in sorted(listed))
-    monkeypatch.setattr(debian, "run", lambda argv, check=True: subprocess.CompletedProcess(
-        argv, 0, names + "\nlinux-image-6.1.0-57-cloud-amd64-unsigned\n", ""))
-    monkeypatch.setattr(debian, "require_tool", lambda *args: None)
+    """The archive as if it listed debug images of *listed*, with whole sets of *complete*."""
+    names = [f"linux-image-{r}-dbg" for r in sorted(listed)]
+    names.append("linux-image-6.1.0-57-cloud-amd64-unsigned")
+    monkeypatch.setattr(Archive, "package_names", lambda self, prefix: names)
     monkeypatch.setattr(DebianKernel, "in_archive", lambda self: self.release.release in complete)
 
 
