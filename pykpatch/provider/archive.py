@@ -38,6 +38,10 @@ LISTS_MAX_AGE = 6 * 3600
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
+# Debian major version -> codename.
+DEBIAN_CODENAMES = {11: "bullseye", 12: "bookworm", 13: "trixie", 14: "forky"}
+_CODENAMES = (*DEBIAN_CODENAMES.values(), "sid")
+
 
 @dataclass(frozen=True)
 class Mirrors:
@@ -68,7 +72,6 @@ def host_mirrors(sources_dir: Path = Path("/etc/apt")) -> Mirrors:
     return Mirrors(main, security)
 
 
-_CODENAMES = ("bullseye", "bookworm", "trixie", "forky", "sid")
 
 
 def apt_sources(sources_dir: Path) -> Iterator[Tuple[str, List[str]]]:

@@ -35,7 +35,7 @@ from pykpatch.errors import InputError, KpatchError
 from pykpatch.kernel import kbuild
 from pykpatch.process import require_tool, run, run_pipeline
 from pykpatch.provider import debpart
-from pykpatch.provider.archive import Archive, version_key
+from pykpatch.provider.archive import DEBIAN_CODENAMES, Archive, version_key
 from pykpatch.provider.buildroot import BuildRoot
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # (its data/ is read by compiles)
@@ -79,10 +79,6 @@ _SOURCE_TARBALL = "./usr/src/linux-source-*.tar.xz"
 _PREPARED_STAMP = ".pykpatch-prepared"
 
 
-# Debian major version -> codename (a +debN release names its N).
-_DEBIAN_CODENAMES = {12: "bookworm", 13: "trixie", 14: "forky"}
-
-
 @dataclass(frozen=True)
 class DebianRelease:
     """A Debian kernel release string, split into the parts package names use."""
@@ -105,7 +101,7 @@ class DebianRelease:
     def suite(self) -> str:
         """The Debian release the kernel was built for (its userland: the compiler)."""
         m = re.search(r"\+deb(\d+)$", self.abi)
-        return _DEBIAN_CODENAMES.get(int(m.group(1)) if m else 12, "unknown")
+        return DEBIAN_CODENAMES.get(int(m.group(1)) if m else 12, "unknown")
 
     @property
     def per_abi_kbuild(self) -> bool:
