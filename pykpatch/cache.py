@@ -24,6 +24,21 @@ def cache_dir(override: Optional[Path] = None) -> Path:
     return root.resolve()
 
 
+def made_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """*target*, written by *write* unless it exists; never left half-written."""
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.rename(target)
+    return target
+
+
 def once_per_file_version(read: Callable[[str], T]) -> Callable[[Union[str, Path]], T]:
     """*read*(path), called again only when the file's size or modification time changed.
 

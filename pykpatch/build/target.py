@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Dict, FrozenSet, List, Optional, Set
 
 from pykpatch.build.objindex import IncompleteTree, ObjectIndex
+from pykpatch.cache import made_once
 from pykpatch.errors import InputError, KpatchError
 from pykpatch.kernel import kbuild
 from pykpatch.kernel.livepatch import module_objname
@@ -109,16 +110,15 @@ _DECOMPRESSORS = {".xz": ["xz", "-dc"], ".zst": ["zstd", "-dcq"], ".gz": ["gzip"
 
 
 def _decompressed(path: Path) -> Path:
-    plain = path.with_suffix("")
-    if not plain.is_file():
-        tool = _DECOMPRESSORS.get(path.suffix)
-        if tool is None:
-            raise KpatchError(f"{path}: unknown module compression")
-        tmp = plain.with_name(plain.name + ".tmp")
+    tool = _DECOMPRESSORS.get(path.suffix)
+    if tool is None:
+        raise KpatchError(f"{path}: unknown module compression")
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as out:
             run_pipeline([[*tool, path]], stdout=out, what=f"decompressing {path.name}")
-        tmp.rename(plain)
-    return plain
+
+    return made_once(path.with_suffix(""), write)
 
 
 @functools.lru_cache(maxsize=4)

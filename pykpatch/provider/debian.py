@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from pykpatch.cache import cache_dir
+from pykpatch.cache import cache_dir, made_once
 from pykpatch.errors import InputError, KpatchError
 from pykpatch.kernel import kbuild
 from pykpatch.process import require_tool, run, run_pipeline
@@ -386,7 +386,7 @@ class DebianKernel:
                 log.info("%s: %s; unpacking %s whole", deb.name, why, member.lstrip("./"))
                 self._write_member(deb, member, tmp)
 
-        return _made_once(target, write)
+        return made_once(target, write)
 
     def debug_module(self, module: Path) -> Path:
         """The debug counterpart of shipped module *module* (a path under
@@ -399,7 +399,7 @@ class DebianKernel:
 
     def _extract_member(self, role: str, member: str, target: Path) -> Path:
         """*member* of the package of *role*, extracted once to *target*."""
-        return _made_once(target, lambda tmp: self._write_member(self.deb(role), member, tmp))
+        return made_once(target, lambda tmp: self._write_member(self.deb(role), member, tmp))
 
     @staticmethod
     def _write_member(deb: Path, member: str, path: Path) -> None:
@@ -592,21 +592,6 @@ def host_suite(os_release: Path = Path("/etc/os-release")) -> str:
 def compiler_package(compiler: str) -> str:
     """The Debian package of a kernel's compiler (x86_64-linux-gnu-gcc-14: gcc-14)."""
     return compiler.rsplit("-linux-gnu-", 1)[-1]
-
-
-def _made_once(target: Path, write: Callable[[Path], None]) -> Path:
-    """*target*, written by *write* unless it exists; never left half-written."""
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        write(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.rename(target)
-    return target
 
 
 def source_exclusions(config: str) -> List[str]:
