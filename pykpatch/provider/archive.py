@@ -20,7 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Set, Tuple
 
 from pykpatch.errors import KpatchError
 from pykpatch.process import require_tool, run
@@ -41,6 +41,10 @@ KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # Debian major version -> codename.
 DEBIAN_CODENAMES = {11: "bullseye", 12: "bookworm", 13: "trixie", 14: "forky"}
 _CODENAMES = (*DEBIAN_CODENAMES.values(), "sid")
+
+# apt states whose lists this process fetched: every Archive of one cache
+# (one per DebianKernel) shares them, and a second fetch would find the same.
+_FETCHED_THIS_RUN: Set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,6 @@ def host_mirrors(sources_dir: Path = Path("/etc/apt")) -> Mirrors:
     return Mirrors(main, security)
 
 
-
-
 def apt_sources(sources_dir: Path) -> Iterator[Tuple[str, List[str]]]:
     """(URI, suites) of every ``deb`` source in *sources_dir*."""
     one_line = [sources_dir / "sources.list", *sorted(sources_dir.glob("sources.list.d/*.list"))]
@@ -97,7 +99,6 @@ class Archive:
     def __init__(self, cache: Path, mirrors: Optional[Mirrors] = None) -> None:
         self.dir = cache / "apt"
         self._mirrors = mirrors
-        self._fresh = False  # lists fetched by this process already
 
     @property
     def mirrors(self) -> Mirrors:
@@ -139,7 +140,11 @@ class Archive:
             run(["apt-get", *self.options(), "-q", "update"], what="apt-get update",
                 logfile=self.dir / "update.log")
             (self.dir / "lists" / ".pykpatch-fetched").write_text(f"{time.time()}\n")
-        self._fresh = True
+        _FETCHED_THIS_RUN.add(self.dir)
+
+    @property
+    def _fresh(self) -> bool:
+        return self.dir in _FETCHED_THIS_RUN
 
     def _stale(self) -> bool:
         stamp = self.dir / "lists" / ".pykpatch-fetched"
