@@ -9,7 +9,7 @@ does what is missing::
 
 Steps:
 
-1. ``linux-source-6.1`` of both Debian versions (the older one is the source
+1. ``linux-source-<line>`` of both Debian versions (the older one is the source
    of the target kernel and comes from the provider's cache); their
    tarballs are hashed member by member (one streaming pass each, nothing
    unpacked), and only the changed members are extracted.
@@ -63,7 +63,7 @@ _MANIFEST_VERSION = 1
 # -- 1. the two sources, and what changed between them -----------------------------------------
 
 def source_tarball(version: str, kernel: DebianKernel) -> Path:
-    """``src/linux-source-6.1_<version>.tar.xz``, taken out of the .deb once."""
+    """``src/linux-source-<line>_<version>.tar.xz``, taken out of the .deb once."""
     dest = corpus_dir() / "src" / f"{SOURCE_PACKAGE}_{version}.tar.xz"
     if dest.is_file():
         return dest
@@ -75,8 +75,7 @@ def source_tarball(version: str, kernel: DebianKernel) -> Path:
         debs.mkdir(exist_ok=True)
         deb = debs / f"{SOURCE_PACKAGE}_{version}_all.deb"
         if not deb.is_file():
-            run(["apt-get", "download", "-q", f"{SOURCE_PACKAGE}={version}"], cwd=debs,
-                what=f"downloading {SOURCE_PACKAGE} {version}")
+            kernel.archive.download(SOURCE_PACKAGE, version, debs, corpus_dir() / "download.log")
     tmp = dest.with_name(dest.name + ".tmp")
     member = f"./usr/src/{SOURCE_PACKAGE}.tar.xz"
     with open(tmp, "wb") as out:

@@ -87,6 +87,12 @@ def _link_children(obj: DiffObject) -> None:
             obj.children.setdefault(parent, []).append(sym)
 
 
+def is_cold_part(obj: DiffObject, sym: Symbol) -> bool:
+    """``foo.cold``: code split out of foo that jumps back into it."""
+    match = _CHILD.match(sym.name)
+    return bool(match) and match.group("kind") == "cold" and sym in obj.parent
+
+
 def _find_fentry_calls(obj: DiffObject) -> None:
     """A function is traceable (so patchable) when it starts by calling
     ``__fentry__``: its first relocation targets it."""

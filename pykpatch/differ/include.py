@@ -8,6 +8,7 @@ kernel's copy instead of carrying a duplicate.
 
 from typing import List
 
+from pykpatch.differ.bundle import is_cold_part
 from pykpatch.differ.state import DiffState, Status
 from pykpatch.elf.constants import STB_LOCAL
 from pykpatch.elf.model import Section, Symbol
@@ -55,7 +56,11 @@ def _include_symbol(state: DiffState, sym: Symbol, referrer: "Symbol | None") ->
         if prefix is not None:
             stack.append((prefix, None))
         sec = sym.section
-        if sec is None or not (sym.is_section or state.status_of(sym) is not Status.SAME):
+        # An unchanged cold part still comes with its parent: the kernel's
+        # copy would jump back into the old parent.
+        carried = (sym.is_section or state.status_of(sym) is not Status.SAME
+                   or is_cold_part(state.patched, sym))
+        if sec is None or not carried:
             continue
         if sec in state.included_sections:
             continue

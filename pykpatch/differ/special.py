@@ -14,13 +14,16 @@ from typing import Dict, List, Optional
 
 from pykpatch.differ.changes import is_compared_section
 from pykpatch.differ.include import _include_symbol
+from pykpatch.differ.klp import exporting_module
 from pykpatch.differ.state import DiffState
 from pykpatch.differ.write import Output, add_relocation
 from pykpatch.elf.model import Rela, Section, Symbol
 from pykpatch.errors import InputError
 from pykpatch.kernel.livepatch import VMLINUX
 from pykpatch.kernel.sections import (
-    ORC_ENTRY_STRUCT, ORC_UNWIND, SPECIAL_SECTIONS, SpecialSection,
+    ALTINSTR_REPLACEMENT, IGNORED_SECTION_PREFIXES, INIT_SECTION_PREFIXES,
+    JUMP_ENTRY_CODE_OFFSET, JUMP_LABEL_NOP_AT_BUILD, ORC_ENTRY_STRUCT, ORC_UNWIND,
+    SPECIAL_SECTIONS, X86_JMPS, X86_NOPS, SpecialSection,
 )
 
 # Sections rebuilt elsewhere (from the included functions' fentry calls).
@@ -34,6 +37,7 @@ class KeptEntries:
     section: Section
     size: int
     indices: List[int] = field(default_factory=list)
+    dropped: List[int] = field(default_factory=list)  # in included code, but left out
     companion: Optional[Section] = None
     companion_size: int = 0
 
@@ -63,12 +67,13 @@ def select_special_entries(state: DiffState) -> List[KeptEntries]:
         if spec is None or sec.name in _REGENERATED or sec not in state.patched.rela_of:
             continue
         kept = _select(state, sec, spec)
-        if kept.indices:
+        if kept.indices or kept.dropped:
             kept_all.append(kept)
     for kept in kept_all:
         for index in kept.indices:
             for rela in _entry_relas(state, kept, index):
                 _include_symbol(state, rela.symbol, None)
+    refuse_unknown_tables(state)
     return kept_all
 
 
@@ -125,9 +130,12 @@ def _select(state: DiffState, sec: Section, spec: SpecialSection) -> KeptEntries
         by_entry.setdefault(rela.offset // size, []).append(rela)
     for index in sorted(by_entry):
         relas = by_entry[index]
-        if any(_lands_in_included_code(state, r.symbol) for r in relas) and _key_allowed(
-                state, spec, index * size, relas):
+        if not any(_lands_in_included_code(state, r.symbol) for r in relas):
+            continue
+        if _key_allowed(state, spec, index * size, relas):
             kept.indices.append(index)
+        else:
+            kept.dropped.append(index)
     if spec.companion == ORC_UNWIND:
         kept.companion = state.patched.elf.section_by_name(ORC_UNWIND)
         if kept.companion is not None:
@@ -160,12 +168,18 @@ def _key_allowed(state: DiffState, spec: SpecialSection, base: int, relas: List[
 
 
 def _key_in_module(state: DiffState, key: Symbol) -> bool:
-    # Defined in the module's own object, or (with Module.symvers) not
-    # exported by anyone, so it can only come from the module.
+    """Does the key of a module's site live in a module (this one or another)?
+
+    Such a key is resolved only when that module loads, after the patch
+    registered its sites; vmlinux's keys are resolved while the patch loads.
+    """
     if key.section is not None:
-        return True
+        return key.section not in state.included_sections
     target = state.target
-    return target is not None and bool(target.exported) and not target.is_exported(key.name)
+    if target is None or not target.exported:
+        return False
+    # Not exported by anyone: only the module itself can define it.
+    return not target.is_exported(key.name) or exporting_module(state, key.name) is not None
 
 
 def _is_dyndbg_key(key: Symbol) -> bool:
@@ -181,6 +195,10 @@ def _entry_relas(state: DiffState, kept: KeptEntries, index: int) -> List[Rela]:
 def copy_special_sections(state: DiffState, out: Output, kept_all: List[KeptEntries]) -> None:
     """Write the kept entries (and ORC companions) into the output."""
     for kept in kept_all:
+        if kept.section.name == "__jump_table":
+            _nop_dropped_jump_sites(state, out, kept)
+        if not kept.indices:
+            continue
         clone = _copy_entries(out, kept.section, kept.size, kept.indices)
         for new_index, index in enumerate(kept.indices):
             for rela in _entry_relas(state, kept, index):
@@ -190,8 +208,67 @@ def copy_special_sections(state: DiffState, out: Output, kept_all: List[KeptEntr
             _copy_entries(out, kept.companion, kept.companion_size, kept.indices)
 
 
+def _nop_dropped_jump_sites(state: DiffState, out: Output, kept: KeptEntries) -> None:
+    """Write the NOP that objtool would have written over a dropped static
+    branch still in its build form (a jmp), so the branch stays in its
+    initial state instead of being always taken."""
+    spec = SPECIAL_SECTIONS[kept.section.name]
+    assert spec.key_offset is not None
+    for index in kept.dropped:
+        relas = {r.offset - index * kept.size: r for r in _entry_relas(state, kept, index)}
+        code, key = relas.get(JUMP_ENTRY_CODE_OFFSET), relas.get(spec.key_offset)
+        if code is None or key is None or not key.addend & JUMP_LABEL_NOP_AT_BUILD:
+            continue
+        clone = out.sections.get(code.symbol.section)
+        site = code.addend + (0 if code.symbol.is_section else code.symbol.value)
+        length = X86_JMPS.get(clone.data[site]) if clone is not None else None
+        if length is None:
+            continue  # already a NOP (objtool ran on this object)
+        clone.data = clone.data[:site] + X86_NOPS[length] + clone.data[site + length:]
+        inside = range(site, site + length)
+        out.relas[clone] = [r for r in out.relas.get(clone, []) if r.offset not in inside]
+
+
 def _copy_entries(out: Output, sec: Section, size: int, indices: List[int]) -> Section:
     data = b"".join(sec.data[i * size:(i + 1) * size].ljust(size, b"\0") for i in indices)
     clone = Section(name=sec.name, type=sec.type, flags=sec.flags, data=data, align=sec.align,
                     entsize=sec.entsize)
     return out.add_section(clone)
+
+
+def refuse_unknown_tables(state: DiffState) -> None:
+    """Refuse tables the differ does not know that point inside patched code.
+
+    The known special sections point at instructions inside functions and
+    are rebuilt entry by entry; a data section that points at a function's
+    *start* is an ordinary pointer (an ops struct), which keeps reaching the
+    kernel's copy, and ftrace redirects that.  An entry pointing *inside* an
+    included function belongs to some table the kernel or a tool walks (like
+    those of objtool or the exception tables), and the new copy would be
+    missing from it.
+    """
+    for sec in state.patched.elf.sections:
+        if (sec.is_text or sec in state.included_sections or sec.name in SPECIAL_SECTIONS
+                or sec.name in (ALTINSTR_REPLACEMENT, ORC_UNWIND)
+                or sec.name.startswith(IGNORED_SECTION_PREFIXES + INIT_SECTION_PREFIXES)):
+            continue
+        inside = sorted({name for name in (_included_function_inside(state, r)
+                                           for r in state.patched.relas(sec)) if name})
+        if inside:
+            state.refusals.append(
+                f"{sec.name}: a table pykpatch does not know points inside "
+                f"{', '.join(inside)}; the patched copy would be missing from it -- "
+                "report the section, or keep those functions out of the patch")
+
+
+def _included_function_inside(state: DiffState, rela: Rela) -> Optional[str]:
+    """The included function *rela* points into (not at its start), if any."""
+    sym = rela.symbol
+    sec = sym.section
+    if sec is None or not sec.is_text or sec not in state.included_sections:
+        return None
+    offset = rela.addend + (0 if sym.is_section else sym.value)
+    func = sym if sym.is_func else state.patched.owner.get(sec)
+    if func is None or not func.is_func:
+        return None
+    return func.name if func.value < offset < func.value + func.size else None

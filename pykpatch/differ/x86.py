@@ -221,3 +221,37 @@ def pc_relative_adjust(code: bytes, reloc_offset: int, index: "InsnIndex | None"
     if insn is None:
         return 4
     return insn.offset + insn.length - reloc_offset
+
+
+_NOP_PREFIXES = frozenset({0x66, 0x2E})
+_JCC_SHORT = range(0x70, 0x80)
+_JCC_NEAR = range(0x80, 0x90)
+
+
+def is_padding_nop(code: bytes, insn: Insn) -> bool:
+    """``nop``/``xchg %ax,%ax`` or a ``0f 1f`` multi-byte NOP: what the
+    assembler writes for alignment (``pause`` and ``xchg %eax,%r8d`` are not)."""
+    if insn.opcode == 0x0F:
+        return insn.opcode2 == 0x1F
+    prefixes = code[insn.offset:insn.offset + insn.length - 1]
+    return insn.opcode == 0x90 and all(b in _NOP_PREFIXES for b in prefixes)
+
+
+def relative_branch(code: bytes, insn: Insn) -> "Tuple[str, int] | None":
+    """(kind, target offset) of a relative call/jmp/jcc, else None.
+
+    Short and near forms of one branch have the same kind: the assembler
+    picks the form by distance.
+    """
+    if insn.opcode in (CALL_REL32, JMP_REL32, 0xEB):
+        kind = "call" if insn.opcode == CALL_REL32 else "jmp"
+    elif insn.opcode in _JCC_SHORT:
+        kind = f"j{insn.opcode - 0x70:x}"
+    elif insn.opcode == 0x0F and insn.opcode2 in _JCC_NEAR:
+        kind = f"j{insn.opcode2 - 0x80:x}"
+    else:
+        return None
+    end = insn.offset + insn.length
+    width = 1 if insn.opcode == 0xEB or insn.opcode in _JCC_SHORT else 4
+    rel = int.from_bytes(code[end - width:end], "little", signed=True)
+    return kind, end + rel

@@ -49,6 +49,15 @@ SPECIAL_SECTIONS: Dict[str, SpecialSection] = {s.name: s for s in (
     SpecialSection(".kcfi_traps", fixed_size=4),
 )}
 
+# x86 static branches emitted as "jmp" for objtool to turn into a NOP (the
+# JUMP_LABEL_HACK form) set this bit in their __jump_table key addend.  On
+# kernels whose objtool runs only on the linked vmlinux.o and modules (IBT,
+# LTO), a compiled object still holds the jmp, and the binary the NOP.
+JUMP_ENTRY_CODE_OFFSET = 0
+JUMP_LABEL_NOP_AT_BUILD = 2
+X86_NOPS = {2: bytes.fromhex("6690"), 5: bytes.fromhex("0f1f440000")}
+X86_JMPS = {0xEB: 2, 0xE9: 5}  # jmp rel8, jmp rel32: opcode -> length
+
 # The companion of .orc_unwind_ip: one struct orc_entry per ip entry.
 ORC_UNWIND = ".orc_unwind"
 ORC_ENTRY_STRUCT = "orc_entry"

@@ -48,12 +48,18 @@ log = logging.getLogger("pykpatch")
 # months after a security update), the newest release of the same line and
 # flavour (see default_release).  Every such choice is logged.
 DEFAULT_RELEASE = "6.1.0-56-cloud-amd64"
-# Debian 13's kernel, chosen the same way where it is named.
+# Debian 13's kernel, chosen the same way where it is named; the same 6.12
+# built for Debian 12 (bookworm-backports and -security, gcc-12); and the
+# generic flavour of Debian 12's kernel (about twice the modules).
 TRIXIE_RELEASE = "6.12.118+deb13-cloud-amd64"
+BOOKWORM_612_RELEASE = "6.12.118+deb12-cloud-amd64"
+GENERIC_RELEASE = "6.1.0-56-amd64"
 PINNED_VERSIONS: Dict[str, str] = {
     "6.1.0-56-cloud-amd64": "6.1.192-2",
     "6.1.0-54-cloud-amd64": "6.1.190-1",
     TRIXIE_RELEASE: "6.12.118-1",
+    BOOKWORM_612_RELEASE: "6.12.118-1~deb12u1",
+    GENERIC_RELEASE: "6.1.192-2",
 }
 
 # 6.1.0-56-cloud-amd64 (Debian 12's own line: <series>.0-<abi number>) and

@@ -42,6 +42,16 @@ class Build:
                 if f["patched"] or not patched_only]
 
 
+def patch_path(name: str, release: str) -> Path:
+    """Test patch *name* for *release*: the kernel line's own version
+    (``patches/<major>.<minor>/``) where the 6.1 patch does not apply."""
+    line = ".".join(release.split(".")[:2])
+    for path in (PATCHES / line / name, EXAMPLES / name, PATCHES / name):
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"no test patch {name}")
+
+
 def kpatch_build(release: str, out: Path, patches: List[Path], *extra: str) -> Build:
     argv = [sys.executable, "-m", "pykpatch", "build", "-k", release, "-o", str(out),
             *extra, *[str(p) for p in patches]]

@@ -1,4 +1,10 @@
-"""kpatch-build end to end: patches built for the real Debian kernel, loaded in it."""
+"""kpatch-build end to end: patches built for the real Debian kernels, loaded in them.
+
+Every test runs on Debian 12's 6.1 and on Debian 13's 6.12 (built from this
+host in the trixie build root, loaded in a trixie guest); the test id names
+the line.  Each line's release is its pinned one while the archive has it,
+else the newest of the line (printed).
+"""
 
 import hashlib
 import shutil
@@ -7,22 +13,72 @@ import subprocess
 import pytest
 
 from kpatch_build_support import (
-    EXAMPLES, PATCHES, Build, kernel_health, kpatch_build, load, unload, wait_for,
+    EXAMPLES, Build, kernel_health, kpatch_build, load, patch_path, unload, wait_for,
 )
 from pykpatch.build.target import module_dependencies
 from pykpatch.kernel.livepatch import SYSFS_LIVEPATCH
+from pykpatch.provider.archive import DEBIAN_CODENAMES
+from pykpatch.provider.debian import (
+    BOOKWORM_612_RELEASE, GENERIC_RELEASE, TRIXIE_RELEASE, DebianKernel, host_suite,
+    preferred_release,
+)
+from pykpatch.testbed.vm import Guest
+
+# Every test runs on the first two lines; the basic cases (BASIC) also on
+# the others.  Each line's release: its pinned one while the archive has it,
+# else the newest of its line, flavour and Debian release (printed).
+KERNEL_LINES = {
+    "debian12-6.1": lambda: DebianKernel(),
+    "debian13-6.12": lambda: DebianKernel(preferred_release(TRIXIE_RELEASE)),
+    "debian12-backports-6.12": lambda: DebianKernel(preferred_release(BOOKWORM_612_RELEASE)),
+    "debian12-6.1-generic": lambda: DebianKernel(preferred_release(GENERIC_RELEASE)),
+}
+FULL_LINES = ("debian12-6.1", "debian13-6.12")
+BASIC = {
+    "test_the_guest_runs_the_kernel_and_debian_release_under_test",
+    "test_string_change_in_proc_cmdline",
+    "test_meminfo_calls_static_functions_through_klp_relocations",
+    "test_new_function",
+    "test_module_function_patched_while_the_module_is_loaded",
+    "test_module_function_patched_when_the_module_loads_later",
+    "test_syscall_behaviour",
+}
 
 
-@pytest.fixture(scope="session")
+def pytest_generate_tests(metafunc) -> None:
+    if "kernel_line" in metafunc.fixturenames:
+        lines = list(KERNEL_LINES) if metafunc.function.__name__ in BASIC else FULL_LINES
+        metafunc.parametrize("kernel_line", lines, scope="module")
+
+
+@pytest.fixture(scope="module")
+def kernel(kernel_line: str) -> DebianKernel:
+    kernel = KERNEL_LINES[kernel_line]()
+    print(f"{kernel_line}: {kernel.release.release} (Debian {kernel.packages.version})")
+    return kernel
+
+
+def line(kernel: DebianKernel) -> str:
+    """"6.1", "6.12": the kernel line, for the few facts that differ by compiler."""
+    return ".".join(kernel.release.release.split(".")[:2])
+
+
+@pytest.fixture(scope="module")
+def guest(kernel: DebianKernel, tmp_path_factory):
+    with Guest(kernel, workdir=tmp_path_factory.mktemp("guest")) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
 def built(kernel, tmp_path_factory):
-    """Build each patch (set) once per session: name -> Build."""
+    """Build each patch (set) once per kernel: name -> Build."""
     cache = {}
 
     def build(*names: str, extra=()) -> Build:
         key = (names, tuple(extra))
         if key not in cache:
             out = tmp_path_factory.mktemp("kb")
-            paths = [EXAMPLES / n if (EXAMPLES / n).exists() else PATCHES / n for n in names]
+            paths = [patch_path(n, kernel.release.release) for n in names]
             cache[key] = kpatch_build(kernel.release.release, out, paths, *extra)
         return cache[key]
 
@@ -40,6 +96,12 @@ def healthy(guest):
 def ok(b: Build) -> Build:
     assert b.rc == 0, f"kpatch-build failed:\n{b.stderr}"
     return b
+
+
+def test_the_guest_runs_the_kernel_and_debian_release_under_test(kernel, guest):
+    assert guest.check("uname -r").strip() == kernel.release.release
+    number = next(n for n, name in DEBIAN_CODENAMES.items() if name == kernel.release.suite)
+    assert guest.check("cut -d. -f1 /etc/debian_version").strip() == str(number)
 
 
 def test_string_change_in_proc_cmdline(built, healthy):
@@ -237,7 +299,9 @@ def test_line_number_shift_patches_only_the_changed_function(built):
     # comm-tracepoint.patch adds lines to fs/exec.c above functions with
     # WARN_ON_ONCE and BUG_ON, whose line numbers all move.
     b = ok(built("comm-tracepoint.patch"))
-    assert b.functions() == ["__set_task_comm"]
+    assert b.functions(patched_only=True) == ["__set_task_comm"]
+    # Its own split-off parts come with it (6.12: __set_task_comm.cold).
+    assert all(f.startswith("__set_task_comm") for f in b.functions())
 
 
 def test_function_with_a_user_copy(built, healthy):
@@ -307,15 +371,20 @@ print(info.split("mask:")[1].split()[0])
 '"""
 
 
-def test_changed_static_inline_in_a_header_patches_its_callers(built, healthy):
+# Where inotify_mark_user_mask() ends up inlined, by compiler.
+INOTIFY_MASK_CALLER = {"6.1": "inotify_fdinfo", "6.12": "inotify_show_fdinfo"}
+
+
+def test_changed_static_inline_in_a_header_patches_its_callers(built, healthy, kernel):
     # fs/notify/inotify/inotify.h's inotify_mark_user_mask() is inlined into
-    # inotify_fdinfo() (fs/notify/fdinfo.c), which shows it in fdinfo.
+    # fs/notify/fdinfo.c's fdinfo code (gcc-12: inotify_fdinfo(); gcc-14
+    # inlines that too, into inotify_show_fdinfo()).
     guest, b = healthy, ok(built("header-static-inline.patch"))
     objects = {o["object"]: o for o in b.report["objects"]}
     assert set(objects) == {"fs/notify/fdinfo.o", "fs/notify/inotify/inotify_fsnotify.o",
                             "fs/notify/inotify/inotify_user.o"}
     assert all(o["why"] == "includes fs/notify/inotify/inotify.h" for o in objects.values())
-    assert b.functions(patched_only=True) == ["inotify_fdinfo"]
+    assert b.functions(patched_only=True) == [INOTIFY_MASK_CALLER[line(kernel)]]
     assert guest.check(INOTIFY_MASK).strip() == "100"
     load(guest, b)
     assert guest.check(INOTIFY_MASK).strip() == "40000100"
@@ -369,8 +438,9 @@ def test_source_that_does_not_match_the_kernel_is_refused(kernel, tmp_path):
     shutil.copyfile(kernel.vmlinux, doctored)
     binary = TargetBinary(doctored)
     func = binary.candidates("cmdline_proc_show")[0]
+    endbr = 4 if binary.code(func).startswith(ENDBR64) else 0
     with open(doctored, "r+b") as f:
-        f.seek(binary.file_offset(func) + 5)  # right after the 5-byte __fentry__ call
+        f.seek(binary.file_offset(func) + endbr + 5)  # right after the __fentry__ call
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
@@ -379,6 +449,9 @@ def test_source_that_does_not_match_the_kernel_is_refused(kernel, tmp_path):
     assert b.rc == 1
     assert "cmdline_proc_show: the source does not match the running kernel" in b.stderr
     assert not list(tmp_path.glob("*.ko"))
+
+
+ENDBR64 = bytes.fromhex("f30f1efa")
 
 
 def test_changed_struct_layout_in_a_header_is_refused(built):
@@ -391,13 +464,23 @@ def test_changed_struct_layout_in_a_header_is_refused(built):
 
 
 def test_a_prepared_tree_given_with_sourcedir(kernel, tmp_path):
-    """-s/-v/--headers: the path for kernels that are not Debian's (here, the same tree)."""
+    """-s/-v/--headers: the path for kernels that are not Debian's (here, the same tree).
+
+    Such a tree is built with the host's tools: on a host of another Debian
+    release than the kernel's (no build root for -s), the compiler the tree
+    was configured with is missing, and that is the one-line answer."""
     tree = kernel.source_tree()
     config_before = (tree / ".config").read_bytes()
     b = kpatch_build(kernel.release.release, tmp_path, [EXAMPLES / "cmdline-string.patch"],
                      "-s", str(tree), "-c", str(tree / ".config"), "-v", str(kernel.vmlinux),
                      "--headers", str(kernel.headers_dir), "-n", "livepatch-sourcedir")
+    assert (tree / ".config").read_bytes() == config_before
+    if kernel.release.suite != host_suite():
+        print(f"branch: host {host_suite()} is not the kernel's {kernel.release.suite}")
+        assert b.rc == 1 and "Traceback" not in b.stderr
+        assert f"cannot run '{kernel.compiler()}': not installed" in b.stderr
+        return
+    print("branch: the host is the kernel's Debian release")
     assert b.rc == 0, b.stderr
     assert b.module.name == "livepatch-sourcedir.ko"
     assert b.functions() == ["cmdline_proc_show"]
-    assert (tree / ".config").read_bytes() == config_before
