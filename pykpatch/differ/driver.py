@@ -18,6 +18,7 @@ from pykpatch.differ.mcount import add_mcount_loc, import_namespaces, restore_fe
 from pykpatch.differ.normalize import normalize_section_references
 from pykpatch.differ.refuse import check_patchability, raise_refusals
 from pykpatch.differ.report import Report, build_report
+from pykpatch.differ.runtime_const import rewrite_runtime_constants
 from pykpatch.differ.special import copy_special_sections, select_special_entries
 from pykpatch.differ.state import DiffState, Options, Status
 from pykpatch.differ.symbols import TargetSymbols, load_target_symbols
@@ -65,6 +66,7 @@ def diff_objects(orig_path: str, patched_path: str, options: Options = Options()
         return DiffResult(Outcome.NO_CHANGE, None, build_report(state, Outcome.NO_CHANGE.value, {}, []))
     state.target = load_target_symbols(options.symbols, state.orig.elf, options.symvers)
     include_changes(state)
+    rewrite_runtime_constants(state)
     kept = select_special_entries(state)
     raise_refusals(state)
     externals = decide_externals(state, state.target)

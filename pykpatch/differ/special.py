@@ -21,7 +21,8 @@ from pykpatch.elf.model import Rela, Section, Symbol
 from pykpatch.errors import InputError
 from pykpatch.kernel.livepatch import VMLINUX
 from pykpatch.kernel.sections import (
-    ALTINSTR_REPLACEMENT, IGNORED_SECTION_PREFIXES, INIT_SECTION_PREFIXES,
+    ALTINSTR_REPLACEMENT, IGNORED_SECTION_PREFIXES, INIT_SECTION_PREFIXES, RUNTIME_PTR_PREFIX,
+    RUNTIME_SHIFT_PREFIX,
     JUMP_ENTRY_CODE_OFFSET, JUMP_LABEL_NOP_AT_BUILD, ORC_ENTRY_STRUCT, ORC_UNWIND,
     SPECIAL_SECTIONS, X86_JMPS, X86_NOPS, SpecialSection,
 )
@@ -236,6 +237,10 @@ def _copy_entries(out: Output, sec: Section, size: int, indices: List[int]) -> S
     return out.add_section(clone)
 
 
+# Handled by differ.runtime_const.
+RUNTIME_CONST_PREFIXES = (RUNTIME_PTR_PREFIX, RUNTIME_SHIFT_PREFIX)
+
+
 def refuse_unknown_tables(state: DiffState) -> None:
     """Refuse tables the differ does not know that point inside patched code.
 
@@ -250,7 +255,8 @@ def refuse_unknown_tables(state: DiffState) -> None:
     for sec in state.patched.elf.sections:
         if (sec.is_text or sec in state.included_sections or sec.name in SPECIAL_SECTIONS
                 or sec.name in (ALTINSTR_REPLACEMENT, ORC_UNWIND)
-                or sec.name.startswith(IGNORED_SECTION_PREFIXES + INIT_SECTION_PREFIXES)):
+                or sec.name.startswith(IGNORED_SECTION_PREFIXES + INIT_SECTION_PREFIXES
+                                       + RUNTIME_CONST_PREFIXES)):
             continue
         inside = sorted({name for name in (_included_function_inside(state, r)
                                            for r in state.patched.relas(sec)) if name})

@@ -58,6 +58,15 @@ JUMP_LABEL_NOP_AT_BUILD = 2
 X86_NOPS = {2: bytes.fromhex("6690"), 5: bytes.fromhex("0f1f440000")}
 X86_JMPS = {0xEB: 2, 0xE9: 5}  # jmp rel8, jmp rel32: opcode -> length
 
+# x86 runtime constants (6.11+, vmlinux only): runtime_const_ptr(sym) is a
+# "movabs $RUNTIME_CONST_PLACEHOLDER, %reg" whose immediate an entry of
+# section runtime_ptr_<sym> points at; runtime_const_shift_right_32(val, sym)
+# a shift by an immediate listed in runtime_shift_<sym>.  vmlinux writes the
+# values into its own code at boot; nothing does for modules.
+RUNTIME_PTR_PREFIX = "runtime_ptr_"
+RUNTIME_SHIFT_PREFIX = "runtime_shift_"
+RUNTIME_CONST_PLACEHOLDER = 0x0123456789ABCDEF
+
 # The companion of .orc_unwind_ip: one struct orc_entry per ip entry.
 ORC_UNWIND = ".orc_unwind"
 ORC_ENTRY_STRUCT = "orc_entry"
