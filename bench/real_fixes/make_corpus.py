@@ -150,12 +150,12 @@ def built_into(src: str, index: ObjectIndex, deps: Dict[str, List[str]]) -> List
 # -- 3. single-file or not ------------------------------------------------------------------------
 
 def compiles_alone(tree: Path, make_args: List[str], patch: Path, objects: List[KernelObject],
-                   logfile: Path) -> Optional[str]:
+                   logfile: Path, tools: List[str]) -> Optional[str]:
     """None if the objects compile with *patch* applied, else the compiler's first errors."""
     kcflags = f"KCFLAGS={DIFF_CFLAGS} -I{INCLUDE_DIR}"
     with PatchedTree(tree, [patch], logfile) as patched:
         patched.apply()
-        proc = run(["make", "-j2", *make_args, *kbuild.not_remade(kbuild.PREPARE_GOAL), kcflags,
+        proc = run([*tools, "make", "-j2", *make_args, *kbuild.not_remade(kbuild.PREPARE_GOAL), kcflags,
                     *[o.obj for o in objects]], cwd=tree, check=False, logfile=logfile)
     if proc.returncode == 0:
         return None
@@ -200,7 +200,7 @@ def make_corpus(try_compile: bool = False) -> dict:
     extract_members(tarballs[NEW_VERSION], changes["modified"] + changes["added"], new_root)
 
     tree = kernel.source_tree()
-    index = ObjectIndex(tree, kernel.make_args())
+    index = ObjectIndex(tree, kernel.make_args(), tools=kernel.tools)
     log.info("listing includes of every object (gcc -M, once per tree)")
     deps = index._dependencies(2)  # src -> every file it reads; cached in the tree
     changed_headers = [p for p in changes["modified"] + changes["added"] if p.endswith(".h")]
@@ -215,7 +215,7 @@ def make_corpus(try_compile: bool = False) -> dict:
     logfile = root / "make_corpus.log"
     entries = []
     for path in sources:
-        entries.append(_entry(path, index, deps, header_names, common, tree, kernel.make_args(),
+        entries.append(_entry(path, index, deps, header_names, common, tree, kernel,
                               old_root, new_root, logfile, try_compile))
     for path in changes["added"]:
         if path.endswith(".c"):
@@ -234,7 +234,7 @@ def make_corpus(try_compile: bool = False) -> dict:
 
 
 def _entry(path: str, index: ObjectIndex, deps: Dict[str, List[str]],
-           header_names: Dict[str, Set[str]], common: Set[str], tree: Path, make_args: List[str],
+           header_names: Dict[str, Set[str]], common: Set[str], tree: Path, kernel: DebianKernel,
            old_root: Path, new_root: Path, logfile: Path, try_compile: bool) -> dict:
     name = patch_name(path)
     patch = corpus_dir() / "patches" / f"{name}.patch"
@@ -254,7 +254,7 @@ def _entry(path: str, index: ObjectIndex, deps: Dict[str, List[str]],
     if hints and try_compile:
         log.info("%s uses what changed headers define (%s): compiling it with its patch alone",
                  path, "; ".join(f"{h}: {' '.join(v[:4])}" for h, v in hints.items()))
-        error = compiles_alone(tree, make_args, patch, objects, logfile)
+        error = compiles_alone(tree, kernel.make_args(), patch, objects, logfile, kernel.tools)
         if error is not None:
             entry["status"] = "not-single-file"
             entry["compile_error"] = error

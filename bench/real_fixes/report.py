@@ -44,6 +44,12 @@ REFUSAL_GROUPS: List[Tuple[str, "re.Pattern[str]", str]] = [
      "use static_key_enabled() or a plain call in the patched function"),
     ("static local removed", re.compile(r"reference to static local variable .* was removed"),
      "keep using the static local variable, or move the logic into a callback"),
+    ("needs the rest of its commit", re.compile(r"nothing to redirect: the patch only adds"),
+     "add the file of its commit that calls the new functions"),
+    ("unknown table of code addresses", re.compile(r"a table pykpatch does not know points inside"),
+     "report the section; keep the functions it points into out of the patch"),
+    ("runtime shift constant", re.compile(r"shifts by the runtime constant"),
+     "use the variable itself in the patched function"),
     ("source does not match the kernel", re.compile(r"the source does not match the running kernel"),
      "build from the exact source, config and compiler of the kernel"),
 ]

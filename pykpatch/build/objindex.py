@@ -29,7 +29,7 @@ from pykpatch.process import run
 
 INDEX_FILE = ".pykpatch-objects.json"
 DEPS_FILE = ".pykpatch-deps.json"
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: objects outside the kernel proper left out
 
 _CC_LINE = re.compile(r"echo '  CC (?:\[M\]|   )  (?P<obj>\S+\.o)'")
 _GCC_CMD = re.compile(
@@ -101,6 +101,8 @@ def parse_make_dry_run(text: str) -> Dict[str, KernelObject]:
         m = _GCC_CMD.search(line)
         if not m or m.group("obj").startswith(kbuild.PREPARE_OBJECT_DIR):
             continue  # (prepare's objects are listed only until prepare has built them)
+        if kbuild.OUTSIDE_KERNEL_PROPER.search(m.group("obj")):
+            continue  # (and would hide the kernel's own object of a source built twice)
         cmd = m.group("cmd")
         module = None
         if " -DMODULE " in cmd:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from pykpatch.errors import InputError, Refusal
+from pykpatch.kernel import kbuild
 
 _OLD = re.compile(r"^--- (\S+)")
 _NEW = re.compile(r"^\+\+\+ (\S+)")
@@ -50,8 +51,8 @@ def touched_files(text: str, origin: str = "patch") -> List[TouchedFile]:
 _UNPATCHABLE = (
     (re.compile(r"\.S$"), "assembly is not compiled with function sections and has no "
                           "ftrace entries; rewrite the fix in C or leave it for a reboot"),
-    (re.compile(r"(^|/)vdso/|^arch/x86/realmode/|^arch/x86/boot/|^arch/x86/purgatory/"),
-     "this code runs outside the kernel proper (vDSO, real mode, boot, purgatory)"),
+    (kbuild.OUTSIDE_KERNEL_PROPER,
+     "this code runs outside the kernel proper (vDSO, real mode, boot or EFI stub, purgatory)"),
     (re.compile(r"(^|/)(Makefile|Kconfig|Kbuild)[^/]*$"), "build files change what is built, "
                                                          "not the running code"),
 )

@@ -30,6 +30,8 @@ from pykpatch.differ.state import Options
 from pykpatch.differ.symbols import AmbiguousSymbol, read_target_symbols
 from pykpatch.elf.writer import write_elf
 from pykpatch.errors import InputError, Refusal
+from pykpatch.kernel import kbuild
+from pykpatch.kernel.sections import CALLBACK_SECTION_PREFIXES
 
 log = logging.getLogger("pykpatch")
 
@@ -156,7 +158,8 @@ def diff_options(target: Target, obj: KernelObject, sizes: Dict[str, int], name:
                  debug: bool = False) -> Options:
     """Options for one object; *debug*: a module's symbols from its debug counterpart."""
     base = Options(symvers=str(target.symvers), objname=obj.target, patch_name=name,
-                   struct_sizes=sizes)
+                   struct_sizes=sizes,
+                   objtool_at_link=kbuild.objtool_runs_at_link(target.config))
     if obj.module is None:
         return replace(base, symbols=str(target.symbols))
     module = target.module_file(obj.module)
@@ -187,6 +190,7 @@ def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
     """Diff every pair; all refusals are gathered before failing, so the author sees them all."""
     outputs, reports, refusals = [], [], []
     binaries: Dict[str, TargetBinary] = {}
+    acts = False  # does any object redirect a function or run a callback?
     for obj in affected.objects:
         refusals += [f"{obj.obj}: {change}" for change in layout_changes(orig[obj.obj], patched[obj.obj])]
         try:
@@ -203,11 +207,18 @@ def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
             out.parent.mkdir(parents=True, exist_ok=True)
             write_elf(result.output, out)
             outputs.append(out)
+            acts = acts or any(f["patched"] for f in report["functions"]) or any(
+                sec.name.startswith(CALLBACK_SECTION_PREFIXES) for sec in result.output.sections)
     if refusals:
         raise Refusal("the patch cannot be live patched:\n" + "\n".join(refusals))
     if not outputs:
         raise Refusal("no change: the patch changes no function of the compiled objects "
                       "(only comments, unused code, or line numbers?)")
+    if not acts:
+        added = sorted({f["name"] for r in reports for f in r["functions"]})
+        raise Refusal("nothing to redirect: the patch only adds " + ", ".join(added) + ", which "
+                      "no changed function of the patch calls -- its callers are probably in "
+                      "another file of the same commit; add that file to the patch")
     return outputs, reports
 
 

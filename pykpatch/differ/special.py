@@ -21,10 +21,10 @@ from pykpatch.elf.model import Rela, Section, Symbol
 from pykpatch.errors import InputError
 from pykpatch.kernel.livepatch import VMLINUX
 from pykpatch.kernel.sections import (
-    ALTINSTR_REPLACEMENT, IGNORED_SECTION_PREFIXES, INIT_SECTION_PREFIXES, RUNTIME_PTR_PREFIX,
-    RUNTIME_SHIFT_PREFIX,
-    JUMP_ENTRY_CODE_OFFSET, JUMP_LABEL_NOP_AT_BUILD, ORC_ENTRY_STRUCT, ORC_UNWIND,
-    SPECIAL_SECTIONS, X86_JMPS, X86_NOPS, SpecialSection,
+    ALTINSTR_REPLACEMENT, IGNORED_SECTION_PREFIXES, INIT_SECTION_PREFIXES,
+    JUMP_ENTRY_CODE_OFFSET, JUMP_LABEL_NOP_AT_BUILD, OBJTOOL_SECTIONS, ORC_ENTRY_STRUCT,
+    ORC_UNWIND, RUNTIME_PTR_PREFIX, RUNTIME_SHIFT_PREFIX, SPECIAL_SECTIONS, X86_JMPS, X86_NOPS,
+    SpecialSection,
 )
 
 # Sections rebuilt elsewhere (from the included functions' fentry calls).
@@ -67,6 +67,8 @@ def select_special_entries(state: DiffState) -> List[KeptEntries]:
         spec = SPECIAL_SECTIONS.get(sec.name)
         if spec is None or sec.name in _REGENERATED or sec not in state.patched.rela_of:
             continue
+        if state.options.objtool_at_link and sec.name in OBJTOOL_SECTIONS:
+            continue  # (objtool writes them for the linked patch module)
         kept = _select(state, sec, spec)
         if kept.indices or kept.dropped:
             kept_all.append(kept)
@@ -254,6 +256,7 @@ def refuse_unknown_tables(state: DiffState) -> None:
     """
     for sec in state.patched.elf.sections:
         if (sec.is_text or sec in state.included_sections or sec.name in SPECIAL_SECTIONS
+                or sec.name in OBJTOOL_SECTIONS
                 or sec.name in (ALTINSTR_REPLACEMENT, ORC_UNWIND)
                 or sec.name.startswith(IGNORED_SECTION_PREFIXES + INIT_SECTION_PREFIXES
                                        + RUNTIME_CONST_PREFIXES)):

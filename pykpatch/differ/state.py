@@ -85,6 +85,8 @@ class Options:
         such exports get sympos 0.
     :param dependencies: klp object names of the modules that *objname*
         loads after (its ``depends``, transitively); None: not checked.
+    :param objtool_at_link: objtool runs on the linked patch module (IBT
+        kernels) and writes its sections itself; copies would stop it.
     """
 
     symbols: Optional[str] = None
@@ -94,6 +96,7 @@ class Options:
     struct_sizes: Dict[str, int] = field(default_factory=dict)
     module_symbols: Optional[Callable[[str], str]] = None
     dependencies: Optional[FrozenSet[str]] = None
+    objtool_at_link: bool = False
 
 
 @dataclass(eq=False)

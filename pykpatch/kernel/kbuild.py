@@ -14,6 +14,7 @@ Because MAKEFLAGS is reset, ``make -n`` does not reach those makes: a dry run
 really builds both tools.
 """
 
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -41,6 +42,13 @@ LINK_INPUTS = frozenset({"vmlinux.a"})
 
 # Objects `prepare` itself compiles, part of neither vmlinux nor a module.
 PREPARE_OBJECT_DIR = "scripts/"
+
+# Code built by the kernel's build but run outside the kernel proper (vDSO,
+# real mode, boot and EFI stub, purgatory): never live patchable.  The EFI
+# stub compiles some lib/ sources a second time (lib/cmdline.c as
+# drivers/firmware/efi/libstub/lib-cmdline.o).
+OUTSIDE_KERNEL_PROPER = re.compile(r"(^|/)vdso/|^arch/x86/realmode/|^arch/x86/boot/"
+                                   r"|^arch/x86/purgatory/|^drivers/firmware/efi/libstub/")
 
 
 def prepared_tree_files(objtool: bool) -> List[str]:
@@ -73,6 +81,12 @@ def make_args(release: str, compiler: str) -> List[str]:
     """
     return ["--no-print-directory", f"KERNELRELEASE={release}", f"CC={compiler}",
             *not_remade(RESOLVE_BTFIDS_GOAL)]
+
+
+def objtool_runs_at_link(config: Path) -> bool:
+    """Does kbuild run objtool on linked vmlinux.o and modules only
+    (``delay-objtool``: IBT or Clang LTO), not on each object?"""
+    return any(config_value(config, name) == "y" for name in ("X86_KERNEL_IBT", "LTO_CLANG"))
 
 
 def config_value(config: Path, name: str) -> Optional[str]:

@@ -67,6 +67,13 @@ RUNTIME_PTR_PREFIX = "runtime_ptr_"
 RUNTIME_SHIFT_PREFIX = "runtime_shift_"
 RUNTIME_CONST_PLACEHOLDER = 0x0123456789ABCDEF
 
+# What objtool writes into an object.  Where it runs on the linked module
+# (objtool_runs_at_link), it writes them for the whole patch module, but only
+# if no input has them already: a copied one would make it skip them all.
+OBJTOOL_SECTIONS = frozenset({".orc_unwind", ".orc_unwind_ip", ".orc_header", ".return_sites",
+                              ".retpoline_sites", ".call_sites", ".ibt_endbr_seal",
+                              ".static_call_sites", ".cfi_sites"})
+
 # The companion of .orc_unwind_ip: one struct orc_entry per ip entry.
 ORC_UNWIND = ".orc_unwind"
 ORC_ENTRY_STRUCT = "orc_entry"

@@ -139,6 +139,21 @@ def test_objects_and_their_destination_come_from_kbuilds_dry_run():
     assert objects["fs/ext4/super.c"].command.endswith("-c -o fs/ext4/super.o fs/ext4/super.c")
 
 
+def _cc(obj: str, src: str) -> str:
+    return (f"set -e;  echo '  CC      {obj}';  x86_64-linux-gnu-gcc-14 -Wp,-MMD,{obj}.d "
+            f"-nostdinc -O2 -c -o {obj} {src} ; x\n")
+
+
+@pytest.mark.parametrize("order", ["stub first", "stub last"])
+def test_a_source_the_efi_stub_compiles_again_indexes_the_kernels_object(order):
+    # 6.12's EFI stub builds lib/cmdline.c a second time, as
+    # drivers/firmware/efi/libstub/lib-cmdline.o (boot code, no debug info).
+    lines = [_cc("drivers/firmware/efi/libstub/lib-cmdline.o", "lib/cmdline.c"),
+             _cc("lib/cmdline.o", "lib/cmdline.c")]
+    objects = parse_make_dry_run("".join(lines if order == "stub first" else lines[::-1]))
+    assert objects["lib/cmdline.c"].obj == "lib/cmdline.o"
+
+
 NO_RULE = "make[3]: *** No rule to make target '{}', needed by '{}'.  Stop.\n"
 
 

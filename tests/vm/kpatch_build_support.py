@@ -92,3 +92,20 @@ def kernel_health(guest) -> Dict[str, object]:
     bad = [line for line in dmesg.splitlines() if any(b in line for b in BAD_DMESG)]
     taint = int(guest.check("cat /proc/sys/kernel/tainted"))
     return {"bad_dmesg": bad, "unexpected_taint": taint & ~EXPECTED_TAINT}
+
+
+def exercise_module_patch(guest, b: Build, module: str) -> None:
+    """Target loaded before the patch, then loaded after it; patched both times."""
+    patched = f"{SYSFS_LIVEPATCH}/{b.name}/{module}/patched"
+    guest.check(f"modprobe {module}")
+    load(guest, b)
+    assert guest.check(f"cat {patched}").strip() == "1"
+    unload(guest, b)
+    guest.check(f"modprobe -r {module}")
+    assert module not in guest.check("cut -d' ' -f1 /proc/modules").split()
+    load(guest, b)
+    guest.check(f"modprobe {module}")
+    wait_for(guest, f"[ $(cat {SYSFS_LIVEPATCH}/{b.name}/transition) = 0 ]")
+    assert guest.check(f"cat {patched}").strip() == "1"
+    unload(guest, b)
+    guest.check(f"modprobe -r {module}")

@@ -304,11 +304,16 @@ def test_line_number_shift_patches_only_the_changed_function(built):
     assert all(f.startswith("__set_task_comm") for f in b.functions())
 
 
-def test_function_with_a_user_copy(built, healthy):
+def test_function_with_a_user_copy(built, healthy, kernel):
     guest, b = healthy, ok(built("usercopy-filldir64.patch"))
     sections = subprocess.run(["readelf", "-S", "--wide", str(b.module)], capture_output=True,
                               text=True).stdout
     assert "__ex_table" in sections
+    if line(kernel) != "6.1":
+        # 6.11+: access_ok() reads USER_PTR_MAX as a runtime constant that
+        # vmlinux fills in only in its own code; the patched copy loads it.
+        assert "USER_PTR_MAX" in _relocations_of(b.module, ".rela.text.filldir64")
+        assert "runtime_ptr_" not in sections
     guest.check("mkdir -p /tmp/d && touch /tmp/d/pykpatch-hidden /tmp/d/visible")
     assert guest.check("ls /tmp/d").split() == ["pykpatch-hidden", "visible"]
     load(guest, b)
@@ -405,6 +410,14 @@ def test_changed_init_function_is_refused(built, kernel):
     assert "proc_cmdline_init" in b.stderr and "__init" in b.stderr
     assert "Traceback" not in b.stderr
     assert _tree_digest(kernel, "fs/proc/cmdline.c") == before
+
+
+def test_a_new_function_that_nothing_calls_is_refused(built):
+    # A single file of a commit whose callers live in another file: the
+    # module would load and change nothing.
+    b = built("uncalled-new-function-FAIL.patch")
+    assert b.rc == 1 and "Traceback" not in b.stderr
+    assert "nothing to redirect: the patch only adds pykpatch_uncalled" in b.stderr
 
 
 def test_lib_function_built_without_ftrace_is_refused(built):

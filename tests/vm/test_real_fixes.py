@@ -1,139 +1,169 @@
 """Real stable-kernel fixes, built for the Debian kernel they fix and loaded in it.
 
-A sample of the corpus of ``bench/real_fixes`` (see docs/real-fixes.md): each
-patch under ``real_fixes/`` is one ``.c`` file's change between Debian's
-linux-source-6.1 6.1.190-1 and 6.1.192-1, built here for
-6.1.0-54-cloud-amd64 (Debian 6.1.190-1).  Each one either builds and loads
-cleanly (for a module patch: with the target module loaded before the patch,
-and again loaded after it) or is refused with a reason the author can act on.
+Samples of the corpora of ``bench/real_fixes`` (docs/real-fixes.md,
+docs/real-fixes-6.12.md): each patch is one ``.c`` file's change between two
+Debian versions of linux-source, built here for the kernel made from the
+older one.  Each either builds and loads cleanly (a module patch: with the
+target module loaded before the patch, and again loaded after it) or is
+refused with a reason the author can act on.  Test ids start with the line.
 """
 
 import subprocess
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Dict, Iterator
 
 import pytest
 
-from kpatch_build_support import Build, kernel_health, kpatch_build, load, unload, wait_for
-from pykpatch.kernel.livepatch import SYSFS_LIVEPATCH
+from kpatch_build_support import (
+    Build, exercise_module_patch, kernel_health, kpatch_build, load, unload,
+)
 from pykpatch.provider.debian import DebianKernel
 from pykpatch.testbed.vm import Guest
 from world import skip_branch
 
-RELEASE = "6.1.0-54-cloud-amd64"
-SOURCE_VERSION = "6.1.190-1"  # the Debian version whose source the patches apply to
 FIXES = Path(__file__).parent / "real_fixes"
 
-# patch file -> where it goes (vmlinux or the module's name)
-LOADS = {
-    "fs-userfaultfd.patch": "vmlinux",        # references gcc .LC constants (copied, never twins)
-    "fs-dcache.patch": "vmlinux",
-    "mm-mlock.patch": "vmlinux",
-    "net-bridge-br_arp_nd_proxy.patch": "bridge",   # .LC constants in a module
-    "fs-erofs-xattr.patch": "erofs",
-    "net-sched-sch_pie.patch": "sch_pie",
-    "fs-btrfs-tree-log.patch": "btrfs",  # fill_inode_item is in two files of btrfs.ko
-    "drivers-nvme-host-core.patch": "vmlinux",  # calls an export of namespace NVME_TARGET_PASSTHRU
+
+@dataclass(frozen=True)
+class Corpus:
+    release: str
+    source_version: str  # the Debian version whose source the patches apply to
+    fixes: Path
+    loads: Dict[str, str] = field(default_factory=dict)    # patch -> vmlinux or module name
+    refused: Dict[str, str] = field(default_factory=dict)  # patch -> part of the refusal
+
+
+CORPORA = {
+    "6.1": Corpus("6.1.0-54-cloud-amd64", "6.1.190-1", FIXES, loads={
+        "fs-userfaultfd.patch": "vmlinux",        # references gcc .LC constants (copied, never twins)
+        "fs-dcache.patch": "vmlinux",
+        "mm-mlock.patch": "vmlinux",
+        "net-bridge-br_arp_nd_proxy.patch": "bridge",   # .LC constants in a module
+        "fs-erofs-xattr.patch": "erofs",
+        "net-sched-sch_pie.patch": "sch_pie",
+        "fs-btrfs-tree-log.patch": "btrfs",  # fill_inode_item is in two files of btrfs.ko
+        "drivers-nvme-host-core.patch": "vmlinux",  # calls an export of namespace NVME_TARGET_PASSTHRU
+    }, refused={
+        "net-ipv4-ipmr.patch": "ip_mr_init: changed __init code",
+        "net-netlink-genetlink.patch": "struct ctrl_dump_policy_ctx changes layout",
+        "net-openvswitch-conntrack.patch": "uses a key that lives in module openvswitch",
+        "net-ipv4-tcp_cong.patch": "no change: the patch changes no function",
+        "arch-x86-pci-fixup.patch": ".pci_fixup_final: entries changed (added for quirk_tuxeo_rp_d3)",
+    }),
+    "6.12": Corpus("6.12.117+deb13-cloud-amd64", "6.12.117-1", FIXES / "6.12", loads={
+        "mm-gup.patch": "vmlinux",             # access_ok(): the USER_PTR_MAX runtime constant
+        "fs-proc-task_mmu.patch": "vmlinux",   # an ioctl with user copies
+        "net-ipv4-route.patch": "vmlinux",
+        "arch-x86-kernel-nmi.patch": "vmlinux",  # a .part function and its .cold part
+        "block-bsg.patch": "vmlinux",          # an unchanged .cold part comes with its parent
+        "fs-fat-inode.patch": "fat",
+        "drivers-net-veth.patch": "veth",
+    }, refused={
+        "drivers-md-dm-bufio.patch": "uses a key that lives in module dm_bufio",
+        "fs-xfs-xfs_discard.patch": "struct xfs_trim_cur changes layout",
+        "drivers-nvme-host-tcp.patch": "__param: entries changed (added for tls_handshake_timeout_ops)",
+    }),
 }
+LOAD_CASES = [(line, patch) for line, c in CORPORA.items() for patch in sorted(c.loads)]
+REFUSED_CASES = [(line, patch) for line, c in CORPORA.items() for patch in sorted(c.refused)]
 
-# patch file -> a substring of the refusal (or of "no change")
-REFUSED = {
-    "net-ipv4-ipmr.patch": "ip_mr_init: changed __init code",
-    "net-netlink-genetlink.patch": "struct ctrl_dump_policy_ctx changes layout",
-    "net-openvswitch-conntrack.patch": "uses a key that lives in module openvswitch",
-    "net-ipv4-tcp_cong.patch": "no change: the patch changes no function",
-    "arch-x86-pci-fixup.patch": ".pci_fixup_final: entries changed (added for quirk_tuxeo_rp_d3)",
-}
+
+def _ids(cases):
+    return [f"{line}/{patch}" for line, patch in cases]
 
 
 @pytest.fixture(scope="module")
-def kernel54() -> DebianKernel:
-    """The kernel the corpus was made for, while the archive (or the cache) has it."""
-    kernel = DebianKernel(RELEASE, version=SOURCE_VERSION)
-    if not kernel.in_archive():
-        skip_branch(f"{RELEASE} has left Debian's archive; the corpus was made for it")
-    if kernel.packages.version != SOURCE_VERSION:
-        skip_branch(f"{RELEASE} is now Debian {kernel.packages.version}; the corpus was made "
-                    f"from {SOURCE_VERSION}")
-    return kernel
+def corpus_kernel() -> Callable[[str], DebianKernel]:
+    """The kernel a corpus was made for, while the archive (or the cache) has it."""
+    kernels: Dict[str, DebianKernel] = {}
+
+    def kernel_of(line: str) -> DebianKernel:
+        corpus = CORPORA[line]
+        if line not in kernels:
+            kernels[line] = DebianKernel(corpus.release, version=corpus.source_version)
+        kernel = kernels[line]
+        if not kernel.in_archive():
+            skip_branch(f"{corpus.release} has left Debian's archive; the corpus was made for it")
+        if kernel.packages.version != corpus.source_version:
+            skip_branch(f"{corpus.release} is now Debian {kernel.packages.version}; the corpus "
+                        f"was made from {corpus.source_version}")
+        return kernel
+
+    return kernel_of
 
 
 @pytest.fixture(scope="module")
-def guest54(kernel54: DebianKernel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
-    """The 6.1.0-54 kernel booted once for this file (fast mode)."""
-    with Guest(kernel54, workdir=tmp_path_factory.mktemp("guest54")) as g:
-        yield g
+def corpus_guest(corpus_kernel, tmp_path_factory) -> Iterator[Callable[[str], Guest]]:
+    """The guest of one line at a time (the cases are grouped by line)."""
+    with ExitStack() as stack:
+        booted: Dict[str, Guest] = {}
 
+        def guest_of(line: str) -> Guest:
+            if line not in booted:
+                stack.close()
+                booted.clear()
+                booted[line] = stack.enter_context(Guest(
+                    corpus_kernel(line), workdir=tmp_path_factory.mktemp(f"guest{line}")))
+            guest = booted[line]
+            guest.check("dmesg -C")
+            return guest
 
-@pytest.fixture
-def healthy54(guest54: Guest) -> Iterator[Guest]:
-    guest54.check("dmesg -C")
-    yield guest54
-    assert kernel_health(guest54) == {"bad_dmesg": [], "unexpected_taint": 0}
-
-
-def _loaded(guest: Guest, module: str) -> bool:
-    return module in guest.check("cut -d' ' -f1 /proc/modules").split()
-
-
-def _exercise_with_module(guest: Guest, b: Build, module: str) -> None:
-    """Target loaded before the patch, then loaded after it; patched both times."""
-    patched = f"{SYSFS_LIVEPATCH}/{b.name}/{module}/patched"
-    guest.check(f"modprobe {module}")
-    load(guest, b)
-    assert guest.check(f"cat {patched}").strip() == "1"
-    unload(guest, b)
-    guest.check(f"modprobe -r {module}")
-    assert not _loaded(guest, module)
-    load(guest, b)
-    guest.check(f"modprobe {module}")
-    wait_for(guest, f"[ $(cat {SYSFS_LIVEPATCH}/{b.name}/transition) = 0 ]")
-    assert guest.check(f"cat {patched}").strip() == "1"
-    unload(guest, b)
-    guest.check(f"modprobe -r {module}")
+        yield guest_of
 
 
 @pytest.fixture(scope="module")
-def built54(tmp_path_factory: pytest.TempPathFactory):
+def built_fix(corpus_kernel, tmp_path_factory):
     """kpatch-build of one sample patch, once per module."""
-    cache = {}
+    cache: Dict[tuple, Build] = {}
 
-    def build(patch: str) -> Build:
-        if patch not in cache:
-            cache[patch] = kpatch_build(RELEASE, tmp_path_factory.mktemp("rf"), [FIXES / patch])
-        return cache[patch]
+    def build(line: str, patch: str) -> Build:
+        if (line, patch) not in cache:
+            corpus = CORPORA[line]
+            corpus_kernel(line)
+            cache[line, patch] = kpatch_build(corpus.release, tmp_path_factory.mktemp("rf"),
+                                              [corpus.fixes / patch])
+        return cache[line, patch]
 
     return build
 
 
-@pytest.mark.parametrize("patch", sorted(LOADS))
-def test_real_fix_builds_and_loads_cleanly(patch: str, built54, healthy54: Guest) -> None:
-    b = built54(patch)
+@pytest.mark.parametrize("line,patch", LOAD_CASES, ids=_ids(LOAD_CASES))
+def test_real_fix_builds_and_loads_cleanly(line: str, patch: str, built_fix,
+                                           corpus_guest) -> None:
+    target = CORPORA[line].loads[patch]
+    b = built_fix(line, patch)
     assert b.rc == 0, f"kpatch-build failed:\n{b.stderr}"
-    assert {o["target"] for o in b.report["objects"]} == {LOADS[patch]}
+    assert {o["target"] for o in b.report["objects"]} == {target}
     assert b.functions(patched_only=True)
-    if LOADS[patch] == "vmlinux":
-        load(healthy54, b)
-        unload(healthy54, b)
+    guest = corpus_guest(line)
+    if target == "vmlinux":
+        load(guest, b)
+        unload(guest, b)
     else:
-        _exercise_with_module(healthy54, b, LOADS[patch])
+        exercise_module_patch(guest, b, target)
+    assert kernel_health(guest) == {"bad_dmesg": [], "unexpected_taint": 0}
 
 
-@pytest.mark.parametrize("patch", sorted(REFUSED))
-def test_real_fix_is_refused_with_its_reason(patch: str, kernel54: DebianKernel,
+@pytest.mark.parametrize("line,patch", REFUSED_CASES, ids=_ids(REFUSED_CASES))
+def test_real_fix_is_refused_with_its_reason(line: str, patch: str, corpus_kernel,
                                              tmp_path: Path) -> None:
-    b = kpatch_build(RELEASE, tmp_path, [FIXES / patch])
+    corpus = CORPORA[line]
+    corpus_kernel(line)
+    b = kpatch_build(corpus.release, tmp_path, [corpus.fixes / patch])
     assert b.rc == 1
     assert "Traceback" not in b.stderr
-    assert REFUSED[patch] in b.stderr
+    assert corpus.refused[patch] in b.stderr
     assert not list(tmp_path.glob("*.ko"))
 
 
 def test_same_named_module_function_is_told_apart_by_the_debug_module(
-        built54, kernel54: DebianKernel) -> None:
+        built_fix, corpus_kernel) -> None:
     # btrfs.ko has a static fill_inode_item in inode.c and another in
     # tree-log.c; the shipped module has no FILE symbols to tell them apart.
-    b = built54("fs-btrfs-tree-log.patch")
+    kernel54 = corpus_kernel("6.1")
+    b = built_fix("6.1", "fs-btrfs-tree-log.patch")
     assert b.rc == 0, b.stderr
     assert "using its debug module" in b.stderr
     [func] = [f for o in b.report["objects"] for f in o["functions"]

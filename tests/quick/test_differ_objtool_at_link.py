@@ -1,0 +1,45 @@
+"""On kernels whose objtool runs on the linked module (IBT: Debian's 6.12), a
+module's objects already hold objtool's tables when the module is built of
+one object.  The patch must not carry them: objtool, finding one in the
+linked patch module, would write none for the rest of it (the patch
+module's own init code then ran its returns through the unpatched thunk:
+"WARNING ... __warn_thunk").  Real objects compiled here.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pykpatch.differ.driver import diff_objects
+from pykpatch.differ.state import Options
+from pykpatch.elf.writer import write_elf
+
+SOURCE = r"""
+int helper(int);
+int demo(int x)
+{
+	asm volatile("1: nop\n\t"
+		     ".pushsection .return_sites, \"a\"\n\t.long 1b - .\n\t.popsection");
+	return helper(x) + VALUE;
+}
+"""
+
+
+def _compile(tmp_path: Path, value: int) -> Path:
+    src, obj = tmp_path / "demo.c", tmp_path / f"demo{value}.o"
+    src.write_text(SOURCE)
+    subprocess.run(["gcc", "-O2", "-fno-pic", "-ffunction-sections", "-fdata-sections", "-pg",
+                    "-mfentry", f"-DVALUE={value}", "-c", str(src), "-o", str(obj)], check=True)
+    return obj
+
+
+@pytest.mark.parametrize("at_link", [False, True])
+def test_objtools_tables_are_carried_only_where_objtool_will_not_run_again(tmp_path, at_link):
+    orig, patched = _compile(tmp_path, 1), _compile(tmp_path, 2)
+    result = diff_objects(str(orig), str(patched), Options(objtool_at_link=at_link))
+    out = tmp_path / "out.o"
+    write_elf(result.output, out)
+    sections = subprocess.run(["readelf", "-SW", str(out)], capture_output=True, text=True,
+                              check=True).stdout
+    assert (".return_sites" in sections) is (not at_link)
