@@ -13,6 +13,10 @@ does what is missing::
     ... --redo-outcome tool-error   build again what last ended so
     ... --pykpatch DIR      kpatch-build from a snapshot of the source
 
+``REAL_FIXES_LINE=6.12`` (for both scripts) takes the 6.12 corpus instead of
+6.1's: Debian 6.12.117-1 -> 6.12.118-1 for 6.12.117+deb13-cloud-amd64,
+report in docs/real-fixes-6.12.md (see common.CORPORA).
+
 ``build`` runs the real ``kpatch-build`` (a subprocess, per-patch timeout)
 for the target kernel and sorts each patch into built / refused / no change
 / tool error.  ``load`` boots the target kernel once in the test guest and,

@@ -37,3 +37,13 @@ def run_diff_cli(args: List[str]) -> subprocess.CompletedProcess:
 def tool(*cmd: str) -> str:
     """stdout of a binutils command (fails the test on a non-zero exit)."""
     return subprocess.run(list(cmd), capture_output=True, text=True, check=True).stdout
+
+
+def compile_kernel_like(source: str, obj: Path, value: int) -> Path:
+    """Compile C *source* as the kernel compiles for a live patch (function
+    and data sections, ``__fentry__`` calls), with ``-DVALUE=value``."""
+    src = obj.parent / "source.c"  # one name: the FILE symbol of both halves of a pair
+    src.write_text(source)
+    subprocess.run(["gcc", "-O2", "-fno-pic", "-ffunction-sections", "-fdata-sections", "-pg",
+                    "-mfentry", f"-DVALUE={value}", "-c", str(src), "-o", str(obj)], check=True)
+    return obj

@@ -6,11 +6,11 @@ Real objects, compiled here with the host's gcc from a static branch
 written the way x86's arch_static_branch() writes it.
 """
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from _differ_support import compile_kernel_like
 from pykpatch.build.verify import TargetBinary, compare_function
 from pykpatch.differ.driver import diff_objects
 from pykpatch.differ.state import Options
@@ -44,11 +44,7 @@ SIZES = {"jump_entry": 16}
 
 
 def _compile(tmp_path: Path, value: int) -> Path:
-    src, obj = tmp_path / "demo.c", tmp_path / f"demo{value}.o"
-    src.write_text(SOURCE)
-    subprocess.run(["gcc", "-O2", "-fno-pic", "-ffunction-sections", "-fdata-sections", "-pg",
-                    "-mfentry", f"-DVALUE={value}", "-c", str(src), "-o", str(obj)], check=True)
-    return obj
+    return compile_kernel_like(SOURCE, tmp_path / f"demo{value}.o", value)
 
 
 def _site(obj: Path) -> int:

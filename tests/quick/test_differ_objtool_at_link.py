@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from _differ_support import compile_kernel_like
 from pykpatch.differ.driver import diff_objects
 from pykpatch.differ.state import Options
 from pykpatch.elf.writer import write_elf
@@ -27,11 +28,7 @@ int demo(int x)
 
 
 def _compile(tmp_path: Path, value: int) -> Path:
-    src, obj = tmp_path / "demo.c", tmp_path / f"demo{value}.o"
-    src.write_text(SOURCE)
-    subprocess.run(["gcc", "-O2", "-fno-pic", "-ffunction-sections", "-fdata-sections", "-pg",
-                    "-mfentry", f"-DVALUE={value}", "-c", str(src), "-o", str(obj)], check=True)
-    return obj
+    return compile_kernel_like(SOURCE, tmp_path / f"demo{value}.o", value)
 
 
 @pytest.mark.parametrize("at_link", [False, True])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from _differ_support import compile_kernel_like
 from pykpatch.differ.driver import diff_objects
 from pykpatch.differ.state import Options
 from pykpatch.elf.writer import write_elf
@@ -42,17 +43,13 @@ unsigned int demo_hash(unsigned int v)
 
 
 def _compile(tmp_path: Path, value: int, reg: str, only: str) -> Path:
-    src, obj = tmp_path / f"rc{only}.c", tmp_path / f"rc{only}{value}{reg}.o"
     text = SOURCE.replace("REG", f'"{reg}"')
     # VALUE changes only the function *only*.
     if only == "demo":
         text = text.replace("return shifted(v) + VALUE;", "return shifted(v) + 1;")
     else:
         text = text.replace("? VALUE : 0", "? 1 : 0")
-    src.write_text(text)
-    subprocess.run(["gcc", "-O2", "-fno-pic", "-ffunction-sections", "-fdata-sections", "-pg",
-                    "-mfentry", f"-DVALUE={value}", "-c", str(src), "-o", str(obj)], check=True)
-    return obj
+    return compile_kernel_like(text, tmp_path / f"rc{only}{value}{reg}.o", value)
 
 
 def _disassembly(obj: Path) -> str:

@@ -4,11 +4,11 @@ refused by name; a section of plain function pointers is not a table.
 Real objects, compiled here with the host's gcc.
 """
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from _differ_support import compile_kernel_like
 from pykpatch.differ.driver import Outcome, diff_objects
 from pykpatch.differ.state import Options
 from pykpatch.errors import Refusal
@@ -26,11 +26,8 @@ int (*const demo_ops)(int) __attribute__((section("__demo_ops"))) = demo;
 
 
 def _compile(tmp_path: Path, value: int, sites: str) -> Path:
-    src, obj = tmp_path / "demo.c", tmp_path / f"demo{value}{sites}.o"
-    src.write_text(SOURCE.replace("SITES", sites))
-    subprocess.run(["gcc", "-O2", "-fno-pic", "-ffunction-sections", "-fdata-sections", "-pg",
-                    "-mfentry", f"-DVALUE={value}", "-c", str(src), "-o", str(obj)], check=True)
-    return obj
+    return compile_kernel_like(SOURCE.replace("SITES", sites),
+                               tmp_path / f"demo{value}{sites}.o", value)
 
 
 def test_an_unknown_table_pointing_inside_a_changed_function_is_refused(tmp_path):
