@@ -181,7 +181,7 @@ def _key_in_module(state: DiffState, key: Symbol) -> bool:
     target = state.target
     if target is None or not target.exported:
         return False
-    # Not exported by anyone: only the module itself can define it.
+    # Exported by no one (then the module defines it) or by another module.
     return not target.is_exported(key.name) or exporting_module(state, key.name) is not None
 
 
