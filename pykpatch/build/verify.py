@@ -106,7 +106,7 @@ def _build_time_nop_sites(obj: ElfFile, func: Symbol) -> List[int]:
         if (key.offset < key_offset or not key.addend & JUMP_LABEL_NOP_AT_BUILD or code is None
                 or code.symbol.section is not func.section):
             continue
-        site = code.addend + (0 if code.symbol.is_section else code.symbol.value) - func.value
+        site = code.section_offset - func.value
         if 0 <= site < func.size:
             sites.append(site)
     return sites
@@ -142,7 +142,9 @@ def _same_apart_from_padding(ours: bytes, theirs: bytes, masks: Sequence[range])
     masked = {b for r in masks for b in r}
     mine_starts, other_starts = [i.offset for i in mine], [i.offset for i in other]
     for a, b in zip(mine, other):
-        relocated = {p - a.offset for p in masked if a.offset <= p < a.offset + a.length}
+        # The object's relocated bytes of this instruction, from its start.
+        relocated = [range(p - a.offset, p - a.offset + 1)
+                     for p in masked if a.offset <= p < a.offset + a.length]
         branch_a, branch_b = relative_branch(ours, a), relative_branch(theirs, b)
         if branch_a is not None and branch_b is not None:
             if branch_a[0] != branch_b[0]:
@@ -153,9 +155,8 @@ def _same_apart_from_padding(ours: bytes, theirs: bytes, masks: Sequence[range])
             continue
         if a.length != b.length or branch_a or branch_b:
             return False
-        bytes_a = bytes(0 if k in relocated else x for k, x in enumerate(ours[a.offset:a.offset + a.length]))
-        bytes_b = bytes(0 if k in relocated else x for k, x in enumerate(theirs[b.offset:b.offset + b.length]))
-        if bytes_a != bytes_b:
+        if (_masked(ours[a.offset:a.offset + a.length], relocated)
+                != _masked(theirs[b.offset:b.offset + b.length], relocated)):
             return False
     return True
 

@@ -6,12 +6,12 @@ that is SAME is included *without* its section: the output refers to the
 kernel's copy instead of carrying a duplicate.
 """
 
-from typing import List
+from typing import List, Optional, Tuple
 
 from pykpatch.differ.bundle import is_cold_part
 from pykpatch.differ.state import DiffState, Status
 from pykpatch.elf.constants import STB_LOCAL
-from pykpatch.elf.model import Section, Symbol
+from pykpatch.elf.model import Rela, Section, Symbol
 from pykpatch.kernel.sections import CALLBACK_SECTION_PREFIXES
 
 
@@ -71,6 +71,14 @@ def _include_symbol(state: DiffState, sym: Symbol, referrer: "Symbol | None") ->
         owner = state.patched.owner.get(sec) or sym
         for rela in state.patched.relas(sec):
             stack.append((rela.symbol, owner))
+
+
+def included_code_site(state: DiffState, rela: Rela) -> Optional[Tuple[Section, int]]:
+    """(text section, offset) a table entry points at, when that code is in the patch."""
+    sec = rela.symbol.section
+    if sec is None or not sec.is_text or sec not in state.included_sections:
+        return None
+    return sec, rela.section_offset
 
 
 def included_functions(state: DiffState) -> List[Symbol]:

@@ -15,7 +15,7 @@ Shift constants (``runtime_shift_<sym>``) have no such form and are refused.
 
 from typing import Optional
 
-from pykpatch.differ.include import _include_symbol
+from pykpatch.differ.include import _include_symbol, included_code_site
 from pykpatch.differ.state import DiffState
 from pykpatch.elf.constants import R_X86_64_PC32, STB_GLOBAL, STT_NOTYPE
 from pykpatch.elf.model import Rela, Section, Symbol
@@ -33,27 +33,19 @@ def rewrite_runtime_constants(state: DiffState) -> None:
         if table.name.startswith(RUNTIME_PTR_PREFIX):
             variable = table.name[len(RUNTIME_PTR_PREFIX):]
             for rela in state.patched.relas(table):
-                site = _included_site(state, rela)
+                site = included_code_site(state, rela)
                 if site is not None:
                     _load_variable(state, site[0], site[1], variable)
         elif table.name.startswith(RUNTIME_SHIFT_PREFIX):
             variable = table.name[len(RUNTIME_SHIFT_PREFIX):]
             users = sorted({state.patched.owner[s[0]].name for s in
-                            (_included_site(state, r) for r in state.patched.relas(table))
+                            (included_code_site(state, r) for r in state.patched.relas(table))
                             if s is not None and s[0] in state.patched.owner})
             if users:
                 state.refusals.append(
                     f"{', '.join(users)}: shifts by the runtime constant {variable}, which "
                     "vmlinux writes into its own code at boot and a patch module's copy would "
                     f"never get -- use the variable {variable} itself in the patched function")
-
-
-def _included_site(state: DiffState, rela: Rela) -> Optional["tuple[Section, int]"]:
-    """(text section, offset) of a table entry's target, when that code is in the patch."""
-    sec = rela.symbol.section
-    if sec is None or not sec.is_text or sec not in state.included_sections:
-        return None
-    return sec, rela.addend + (0 if rela.symbol.is_section else rela.symbol.value)
 
 
 def _load_variable(state: DiffState, sec: Section, imm: int, variable: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from pykpatch.differ.changes import is_compared_section
-from pykpatch.differ.include import _include_symbol
+from pykpatch.differ.include import _include_symbol, included_code_site
 from pykpatch.differ.klp import exporting_module
 from pykpatch.differ.state import DiffState
 from pykpatch.differ.write import Output, add_relocation
@@ -223,7 +223,7 @@ def _nop_dropped_jump_sites(state: DiffState, out: Output, kept: KeptEntries) ->
         if code is None or key is None or not key.addend & JUMP_LABEL_NOP_AT_BUILD:
             continue
         clone = out.sections.get(code.symbol.section)
-        site = code.addend + (0 if code.symbol.is_section else code.symbol.value)
+        site = code.section_offset
         length = X86_JMPS.get(clone.data[site]) if clone is not None else None
         if length is None:
             continue  # already a NOP (objtool ran on this object)
@@ -272,12 +272,11 @@ def refuse_unknown_tables(state: DiffState) -> None:
 
 def _included_function_inside(state: DiffState, rela: Rela) -> Optional[str]:
     """The included function *rela* points into (not at its start), if any."""
-    sym = rela.symbol
-    sec = sym.section
-    if sec is None or not sec.is_text or sec not in state.included_sections:
+    site = included_code_site(state, rela)
+    if site is None:
         return None
-    offset = rela.addend + (0 if sym.is_section else sym.value)
-    func = sym if sym.is_func else state.patched.owner.get(sec)
+    sec, offset = site
+    func = rela.symbol if rela.symbol.is_func else state.patched.owner.get(sec)
     if func is None or not func.is_func:
         return None
     return func.name if func.value < offset < func.value + func.size else None

@@ -128,6 +128,12 @@ class Rela:
     symbol: Symbol
     addend: int
 
+    @property
+    def section_offset(self) -> int:
+        """Where in its symbol's section a data relocation (``.long sym+a - .``,
+        a table entry) points."""
+        return self.addend + (0 if self.symbol.is_section else self.symbol.value)
+
     def __repr__(self) -> str:
         return f"<Rela {self.offset:#x} {self.type} {self.symbol.name}{self.addend:+d}>"
 

@@ -47,3 +47,19 @@ def compile_kernel_like(source: str, obj: Path, value: int) -> Path:
     subprocess.run(["gcc", "-O2", "-fno-pic", "-ffunction-sections", "-fdata-sections", "-pg",
                     "-mfentry", f"-DVALUE={value}", "-c", str(src), "-o", str(obj)], check=True)
     return obj
+
+
+def site_table_source(section: str) -> str:
+    """C of a function demo() with one entry of table *section* pointing
+    inside it (the way objtool's and the kernel's tables point at an
+    instruction), and a pointer to its start in section __demo_ops."""
+    return r"""
+int helper(int);
+int demo(int x)
+{
+	asm volatile("1: nop\n\t"
+		     ".pushsection SECTION, \"a\"\n\t.long 1b - .\n\t.popsection");
+	return helper(x) + VALUE;
+}
+int (*const demo_ops)(int) __attribute__((section("__demo_ops"))) = demo;
+""".replace("SECTION", section)

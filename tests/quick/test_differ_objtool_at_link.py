@@ -11,24 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from _differ_support import compile_kernel_like
+from _differ_support import compile_kernel_like, site_table_source
 from pykpatch.differ.driver import diff_objects
 from pykpatch.differ.state import Options
 from pykpatch.elf.writer import write_elf
 
-SOURCE = r"""
-int helper(int);
-int demo(int x)
-{
-	asm volatile("1: nop\n\t"
-		     ".pushsection .return_sites, \"a\"\n\t.long 1b - .\n\t.popsection");
-	return helper(x) + VALUE;
-}
-"""
-
 
 def _compile(tmp_path: Path, value: int) -> Path:
-    return compile_kernel_like(SOURCE, tmp_path / f"demo{value}.o", value)
+    return compile_kernel_like(site_table_source(".return_sites"), tmp_path / f"demo{value}.o",
+                               value)
 
 
 @pytest.mark.parametrize("at_link", [False, True])

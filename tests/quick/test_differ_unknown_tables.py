@@ -8,26 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from _differ_support import compile_kernel_like
+from _differ_support import compile_kernel_like, site_table_source
 from pykpatch.differ.driver import Outcome, diff_objects
 from pykpatch.differ.state import Options
 from pykpatch.errors import Refusal
 
-SOURCE = r"""
-int helper(int);
-int demo(int x)
-{
-	asm volatile("1: nop\n\t"
-		     ".pushsection SITES, \"a\"\n\t.long 1b - .\n\t.popsection");
-	return helper(x) + VALUE;
-}
-int (*const demo_ops)(int) __attribute__((section("__demo_ops"))) = demo;
-"""
-
 
 def _compile(tmp_path: Path, value: int, sites: str) -> Path:
-    return compile_kernel_like(SOURCE.replace("SITES", sites),
-                               tmp_path / f"demo{value}{sites}.o", value)
+    return compile_kernel_like(site_table_source(sites), tmp_path / f"demo{value}{sites}.o",
+                               value)
 
 
 def test_an_unknown_table_pointing_inside_a_changed_function_is_refused(tmp_path):
