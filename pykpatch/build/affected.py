@@ -20,6 +20,11 @@ class AffectedObjects:
     reasons: Dict[str, str] = field(default_factory=dict)  # obj -> why it is affected
     not_built: List[str] = field(default_factory=list)
 
+    def without(self, objs: "Dict[str, object]") -> "AffectedObjects":
+        """These objects but those in *objs*."""
+        kept = [o for o in self.objects if o.obj not in objs]
+        return AffectedObjects(kept, {o.obj: self.reasons[o.obj] for o in kept}, self.not_built)
+
     def add(self, obj: KernelObject, why: str) -> None:
         if obj.obj not in self.reasons:
             self.objects.append(obj)

@@ -1,9 +1,11 @@
 """Compiling chosen objects through kbuild, with the flags the differ needs."""
 
+import re
 import shutil
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Sequence, Set
+from typing import Dict, List, Sequence, Set
 
 from pykpatch.build.objindex import KernelObject
 from pykpatch.errors import KpatchError
@@ -15,6 +17,14 @@ from pykpatch.process import run
 DIFF_CFLAGS = "-ffunction-sections -fdata-sections"
 
 
+@dataclass
+class Compiled:
+    """What a compile made: obj -> copy; and, when it kept going, obj -> compiler errors."""
+
+    copies: Dict[str, Path] = field(default_factory=dict)
+    failed: Dict[str, str] = field(default_factory=dict)
+
+
 def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[KernelObject],
                     dest: Path, *, jobs: int, extra_cflags: str = "",
                     logfile: Path, what: str, tools: Sequence[str] = ()) -> Dict[str, Path]:
@@ -23,8 +33,28 @@ def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[Kern
     *tools*: what goes before ``make`` (a build root's entry; see
     :attr:`pykpatch.provider.debian.DebianKernel.tools`).
     """
+    return _compile(tree, make_args, objects, dest, jobs=jobs, extra_cflags=extra_cflags,
+                    logfile=logfile, what=what, tools=tools, keep_going=False).copies
+
+
+def compile_each(tree: Path, make_args: Sequence[str], objects: Sequence[KernelObject],
+                 dest: Path, *, jobs: int, extra_cflags: str = "",
+                 logfile: Path, what: str, tools: Sequence[str] = ()) -> Compiled:
+    """Like :func:`compile_objects`, but an object that does not compile is
+    recorded with its errors instead of failing the others."""
+    for o in objects:
+        # (so that a failed compile cannot leave the previous build's object in its place)
+        (tree / o.obj).unlink(missing_ok=True)
+    return _compile(tree, make_args, objects, dest, jobs=jobs, extra_cflags=extra_cflags,
+                    logfile=logfile, what=what, tools=tools, keep_going=True)
+
+
+def _compile(tree: Path, make_args: Sequence[str], objects: Sequence[KernelObject],
+             dest: Path, *, jobs: int, extra_cflags: str, logfile: Path, what: str,
+             tools: Sequence[str], keep_going: bool) -> Compiled:
     kcflags = f"{DIFF_CFLAGS} {extra_cflags}".strip()
-    argv = [*tools, "make", *make_args, *kbuild.not_remade(kbuild.PREPARE_GOAL), f"KCFLAGS={kcflags}",
+    argv = [*tools, "make", *(["-k"] if keep_going else []), *make_args,
+            *kbuild.not_remade(kbuild.PREPARE_GOAL), f"KCFLAGS={kcflags}",
             *[o.obj for o in objects]]
     parallel = [*argv[:len(tools) + 1], f"-j{jobs}", *argv[len(tools) + 1:]]
     proc = run(parallel, cwd=tree, logfile=logfile, check=False)
@@ -38,20 +68,49 @@ def compile_objects(tree: Path, make_args: Sequence[str], objects: Sequence[Kern
         # again, one job at a time.
         _forget_objects(tree, raced)
         proc = run(argv, cwd=tree, logfile=logfile, check=False)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not keep_going:
         tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
         raise KpatchError(f"compiling the {what} objects failed (exit {proc.returncode}):\n{tail}",
                           log=str(logfile))
-    copies = {}
+    result = Compiled()
+    missing = [o for o in objects if not (tree / o.obj).is_file()]
+    if missing and not keep_going:
+        raise KpatchError(f"kbuild did not produce {missing[0].obj}", log=str(logfile))
+    errors = compiler_errors(proc.stdout)
+    for o in missing:
+        result.failed[o.obj] = _errors_of(o, errors, missing) or \
+            "\n".join(proc.stdout.strip().splitlines()[-5:])
     for o in objects:
-        built = tree / o.obj
-        if not built.is_file():
-            raise KpatchError(f"kbuild did not produce {o.obj}", log=str(logfile))
+        if o in missing:
+            continue
         copy = dest / o.obj
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built, copy)
-        copies[o.obj] = copy
-    return copies
+        shutil.copyfile(tree / o.obj, copy)
+        result.copies[o.obj] = copy
+    return result
+
+
+_ERROR_RE = re.compile(r"^(?P<file>[^\s:]+):\d+(?::\d+)?: (?:fatal )?error: ")
+
+
+def compiler_errors(output: str) -> Dict[str, List[str]]:
+    """The compiler's error lines, by the file they are in."""
+    found: Dict[str, List[str]] = {}
+    for line in output.splitlines():
+        m = _ERROR_RE.match(line)
+        if m:
+            found.setdefault(m["file"], []).append(line)
+    return found
+
+
+def _errors_of(obj: KernelObject, errors: Dict[str, List[str]],
+               failed: Sequence[KernelObject]) -> str:
+    """Error lines of *obj*: those in its source, else those in no other failed source."""
+    own = errors.get(obj.src)
+    if own is None:
+        others = {o.src for o in failed if o is not obj}
+        own = [line for f, lines in errors.items() if f not in others for line in lines]
+    return "\n".join(own[:3])
 
 
 def _compiled_twice(output: str) -> Set[str]:

@@ -30,6 +30,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "data" / "module"
 MODINFO_PATCHES = "pykpatch.patches"
 MODINFO_RELEASE = "pykpatch.release"
 MODINFO_VERSION = "pykpatch.version"
+MODINFO_DESCRIPTION = "description"    # what modinfo(8) shows as the module's description
 
 
 def module_name(patches: Sequence[Path], name: str = "") -> str:
@@ -48,14 +49,18 @@ class ModuleInputs:
     patches: List[Path]
     release: str
     replace: bool
+    description: str = ""        # modinfo's description (one line)
 
 
 def origin_strings(inputs: ModuleInputs) -> Dict[str, str]:
     """modinfo key -> value describing where the module came from."""
     patches = ",".join(f"{p.name}:sha256:{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}"
                        for p in inputs.patches)
-    return {MODINFO_PATCHES: patches, MODINFO_RELEASE: inputs.release,
-            MODINFO_VERSION: __version__}
+    strings = {MODINFO_PATCHES: patches, MODINFO_RELEASE: inputs.release,
+               MODINFO_VERSION: __version__}
+    if inputs.description:
+        strings[MODINFO_DESCRIPTION] = " ".join(inputs.description.split())
+    return strings
 
 
 def _c_string(text: str) -> str:

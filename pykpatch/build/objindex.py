@@ -169,6 +169,11 @@ class ObjectIndex:
         return sorted((self.objects[src] for src, files in deps.items() if header in files),
                       key=lambda o: o.obj)
 
+    def files_read_by(self, obj: KernelObject) -> List[str]:
+        """Every file the compile of *obj* reads (one ``gcc -M``; the whole index is
+        not needed for one object)."""
+        return self._deps_of(obj)
+
     def _dependencies(self, jobs: int) -> Dict[str, List[str]]:
         path = self.tree / DEPS_FILE
         try:

@@ -48,7 +48,7 @@ def touched_files(text: str, origin: str = "patch") -> List[TouchedFile]:
 
 
 # Places whose code cannot be live patched from a source patch, and why.
-_UNPATCHABLE = (
+UNPATCHABLE = (
     (re.compile(r"\.S$"), "assembly is not compiled with function sections and has no "
                           "ftrace entries; rewrite the fix in C or leave it for a reboot"),
     (kbuild.OUTSIDE_KERNEL_PROPER,
@@ -62,7 +62,7 @@ def refuse_unpatchable(files: Sequence[TouchedFile], origin: str) -> None:
     """Raise one :class:`Refusal` listing every file that cannot be live patched."""
     reasons = []
     for f in files:
-        for pattern, why in _UNPATCHABLE:
+        for pattern, why in UNPATCHABLE:
             if pattern.search(f.path):
                 reasons.append(f"{f.path}: {why}")
                 break

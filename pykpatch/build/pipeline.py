@@ -12,10 +12,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from pykpatch.build.affected import AffectedObjects, affected_objects, patch_files
-from pykpatch.build.compile import compile_objects
+from pykpatch.build.compile import Compiled, compile_each, compile_objects
 from pykpatch.build.compiler import check_compiler, check_vmlinux_compiler
 from pykpatch.build.layout import layout_changes
 from pykpatch.build.module import ModuleInputs, check_module, link_module, module_name
@@ -54,14 +54,21 @@ class BuildOptions:
     skip_cleanup: bool = False
     skip_compiler_check: bool = False
     cache: Optional[Path] = None
+    # Partial: an object that does not compile or is refused is left out
+    # (see BuildResult.left_out) instead of failing the build.
+    partial: bool = False
+    # The module's description, from the objects' reports and what was left out.
+    describe: Optional[Callable[[List[dict], Dict[str, List[str]]], str]] = None
 
 
 @dataclass
 class BuildResult:
-    module: Path
-    report_path: Path
+    module: Optional[Path]       # None: a partial build that kept nothing
+    report_path: Optional[Path]
     reports: List[dict] = field(default_factory=list)
     seconds: float = 0.0
+    left_out: Dict[str, List[str]] = field(default_factory=dict)   # obj -> why (partial)
+    nothing: str = ""            # why a partial build kept nothing
 
 
 class Progress:
@@ -74,13 +81,18 @@ class Progress:
         log.info("[%5.1fs] %s", time.monotonic() - self.start, text)
 
 
-def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
-    """Run every stage; raises KpatchError (Refusal for unpatchable changes)."""
+def build(opts: BuildOptions, progress: Progress, logfile: Path,
+          target: Optional[Target] = None) -> BuildResult:
+    """Run every stage; raises KpatchError (Refusal for unpatchable changes).
+
+    *target*: already prepared (else from *opts*)."""
     patches = _existing_patches(opts.patches)
     name = module_name(patches, opts.name)
     files = patch_files(patches)  # bad or unpatchable patches fail before any preparation
-    progress.stage(f"target kernel {opts.release or 'running'}: preparing (cached after the first time)")
-    target = resolve_target(opts)
+    if target is None:
+        progress.stage(f"target kernel {opts.release or 'running'}: preparing "
+                       "(cached after the first time)")
+        target = resolve_target(opts)
     if not opts.skip_compiler_check:
         check_compiler(target)
     progress.stage("finding the objects the patch changes")
@@ -92,19 +104,32 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path) -> BuildResult:
             # The compiles are other programs: meanwhile this process reads
             # the vmlinux symbols (2 s), which the diff needs first.
             symbols = reader.submit(_read_vmlinux_symbols, target, affected)
-            orig, patched = compile_twice(target, patches, affected, work, opts.jobs, logfile,
-                                          progress)
+            orig, compiled = compile_twice(target, patches, affected, work, opts.jobs, logfile,
+                                           progress, opts.partial)
             symbols.result()
         if not opts.skip_compiler_check:
             check_vmlinux_compiler(target)
+        left_out = {obj: [f"does not compile with the patch: {errors}"]
+                    for obj, errors in compiled.failed.items()}
+        affected = affected.without(left_out)
         progress.stage(f"diffing {len(affected.objects)} object(s)")
-        outputs, reports = diff_all(target, affected, orig, patched, sizes, name, work)
+        diffed = diff_all(target, affected, orig, compiled.copies, sizes, name, work)
+        left_out.update(diffed.refused)
+        try:
+            outputs = settle(diffed, left_out, opts.partial)
+        except Refusal as nothing:
+            if not opts.partial:
+                raise
+            return BuildResult(None, None, diffed.reports, time.monotonic() - progress.start,
+                               left_out, str(nothing))
         progress.stage(f"linking {name}.ko")
-        inputs = ModuleInputs(name, outputs, patches, target.release, opts.replace)
+        description = opts.describe(diffed.reports, left_out) if opts.describe else ""
+        inputs = ModuleInputs(name, outputs, patches, target.release, opts.replace, description)
         ko = link_module(inputs, target.headers_dir, work / "module", logfile, opts.jobs,
                          target.tools)
         check_module(ko, target.release, target.symvers)
-        result = deliver(ko, reports, opts.output)
+        result = deliver(ko, diffed.reports, opts.output)
+        result.left_out = left_out
     finally:
         if opts.skip_cleanup:
             log.info("work directory kept: %s", work)
@@ -136,9 +161,11 @@ def resolve_target(opts: BuildOptions) -> Target:
 
 
 def compile_twice(target: Target, patches: List[Path], affected: AffectedObjects, work: Path,
-                  jobs: int, logfile: Path, progress: Progress
-                  ) -> "tuple[Dict[str, Path], Dict[str, Path]]":
-    """Original and patched objects; the tree is clean again afterwards, whatever happens."""
+                  jobs: int, logfile: Path, progress: Progress, keep_going: bool = False
+                  ) -> "tuple[Dict[str, Path], Compiled]":
+    """Original and patched objects; the tree is clean again afterwards, whatever happens.
+
+    *keep_going*: a patched object that does not compile is recorded, not fatal."""
     extra = f"-I{INCLUDE_DIR}"
     with PatchedTree(target.tree, patches, logfile) as tree:
         progress.stage(f"compiling {len(affected.objects)} original object(s)")
@@ -148,10 +175,15 @@ def compile_twice(target: Target, patches: List[Path], affected: AffectedObjects
         progress.stage("applying the patch")
         tree.apply()
         progress.stage(f"compiling {len(affected.objects)} patched object(s)")
-        patched = compile_objects(target.tree, target.make_args, affected.objects,
+        compile_patched = compile_each if keep_going else _compile_all
+        patched = compile_patched(target.tree, target.make_args, affected.objects,
                                   work / "patched", jobs=jobs, extra_cflags=extra,
                                   logfile=logfile, what="patched", tools=target.tools)
     return orig, patched
+
+
+def _compile_all(*args, **kwargs) -> Compiled:
+    return Compiled(compile_objects(*args, **kwargs))
 
 
 def diff_options(target: Target, obj: KernelObject, sizes: Dict[str, int], name: str,
@@ -184,42 +216,63 @@ def diff_one(target: Target, obj: KernelObject, orig: Path, patched: Path,
                             diff_options(target, obj, sizes, name, debug=True))
 
 
+@dataclass
+class Diffed:
+    """Every object's diff: outputs and reports of the accepted, reasons of the refused."""
+
+    outputs: Dict[str, Path] = field(default_factory=dict)      # obj -> differ output
+    reports: List[dict] = field(default_factory=list)
+    refused: Dict[str, List[str]] = field(default_factory=dict)  # obj -> why
+    acting: List[str] = field(default_factory=list)  # objs redirecting a function or with callbacks
+
+
 def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
-             patched: Dict[str, Path], sizes: Dict[str, int], name: str, work: Path
-             ) -> "tuple[List[Path], List[dict]]":
-    """Diff every pair; all refusals are gathered before failing, so the author sees them all."""
-    outputs, reports, refusals = [], [], []
+             patched: Dict[str, Path], sizes: Dict[str, int], name: str, work: Path) -> Diffed:
+    """Diff every pair; all refusals are gathered, so the author sees them all."""
+    diffed = Diffed()
     binaries: Dict[str, TargetBinary] = {}
-    acts = False  # does any object redirect a function or run a callback?
     for obj in affected.objects:
-        refusals += [f"{obj.obj}: {change}" for change in layout_changes(orig[obj.obj], patched[obj.obj])]
+        reasons = list(layout_changes(orig[obj.obj], patched[obj.obj]))
         try:
             result = diff_one(target, obj, orig[obj.obj], patched[obj.obj], sizes, name)
         except Refusal as refusal:
-            refusals.append(f"{obj.obj}: {refusal}")
+            diffed.refused[obj.obj] = reasons + [str(refusal)]
             continue
         report = result.report.to_dict()
         report.update(object=obj.obj, target=obj.target, why=affected.reasons[obj.obj])
-        reports.append(report)
-        refusals += source_mismatches(target, obj, orig[obj.obj], report, binaries)
+        diffed.reports.append(report)
+        reasons += source_mismatches(target, obj, orig[obj.obj], report, binaries)
+        if reasons:
+            diffed.refused[obj.obj] = reasons
         if result.outcome is Outcome.PATCH:
             out = work / "diff" / obj.obj
             out.parent.mkdir(parents=True, exist_ok=True)
             write_elf(result.output, out)
-            outputs.append(out)
-            acts = acts or any(f["patched"] for f in report["functions"]) or any(
-                sec.name.startswith(CALLBACK_SECTION_PREFIXES) for sec in result.output.sections)
-    if refusals:
-        raise Refusal("the patch cannot be live patched:\n" + "\n".join(refusals))
+            diffed.outputs[obj.obj] = out
+            if any(f["patched"] for f in report["functions"]) or any(
+                    sec.name.startswith(CALLBACK_SECTION_PREFIXES) for sec in result.output.sections):
+                diffed.acting.append(obj.obj)
+    return diffed
+
+
+def settle(diffed: Diffed, left_out: Dict[str, List[str]], partial: bool) -> List[Path]:
+    """The differ outputs that go into the module; Refusal when none can (or, unless
+    *partial*, when any object was refused)."""
+    if left_out and not partial:
+        raise Refusal("the patch cannot be live patched:\n" + "\n".join(
+            f"{obj}: {why}" for obj, reasons in left_out.items() for why in reasons))
+    outputs = {obj: out for obj, out in diffed.outputs.items() if obj not in left_out}
     if not outputs:
         raise Refusal("no change: the patch changes no function of the compiled objects "
-                      "(only comments, unused code, or line numbers?)")
-    if not acts:
-        added = sorted({f["name"] for r in reports for f in r["functions"]})
+                      "(only comments, unused code, or line numbers?)" if not left_out else
+                      "every changed object was left out")
+    if not any(obj in outputs for obj in diffed.acting):
+        added = sorted({f["name"] for r in diffed.reports if r["object"] in outputs
+                        for f in r["functions"]})
         raise Refusal("nothing to redirect: the patch only adds " + ", ".join(added) + ", which "
                       "no changed function of the patch calls -- its callers are probably in "
                       "another file of the same commit; add that file to the patch")
-    return outputs, reports
+    return list(outputs.values())
 
 
 def source_mismatches(target: Target, obj: KernelObject, orig: Path, report: dict,
@@ -236,10 +289,10 @@ def source_mismatches(target: Target, obj: KernelObject, orig: Path, report: dic
 
 def mismatch_reason(obj: KernelObject, mismatch: Mismatch, binary: Path) -> str:
     if mismatch.missing and may_be_archive_member(obj.src):
-        return (f"{obj.obj}: {binary.name} has no {mismatch.function}: objects of {obj.src} "
+        return (f"{binary.name} has no {mismatch.function}: objects of {obj.src} "
                 "are lib.a members, linked only when something calls them, and nothing in "
                 "this kernel does -- there is nothing to patch")
-    return (f"{obj.obj}: {mismatch.function}: the source does not match the running kernel "
+    return (f"{mismatch.function}: the source does not match the running kernel "
             f"({mismatch.why}); build from the exact source, config and compiler of that kernel")
 
 

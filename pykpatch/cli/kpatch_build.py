@@ -7,14 +7,22 @@ packages are fetched and cached).
 
 import argparse
 import logging
+import re
+import shutil
 import sys
+import tempfile
+import time
 import traceback
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from pykpatch import __version__
+from pykpatch.build.module import module_name
 from pykpatch.build.pipeline import BuildOptions, Progress, build, default_logfile
-from pykpatch.errors import KpatchError
+from pykpatch.errors import InputError, KpatchError, Refusal
+from pykpatch.kernel.livepatch import MODULE_NAME_MAX
+from pykpatch.provider.archive import is_debian_version
 from pykpatch.log import setup_logging
 
 log = logging.getLogger("pykpatch")
@@ -41,12 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with -s: the module build directory (Module.symvers, vermagic)")
     target.add_argument("--modules-dir", type=Path, metavar="DIR",
                         help="with -s: /lib/modules/RELEASE of the target, for module patches")
+    update = p.add_argument_group("a Debian kernel update as one cumulative patch")
+    update.add_argument("--debian-update", metavar="VERSION",
+                        help="instead of PATCH: every change between the target's linux-source "
+                             "and this newer Debian version of it (e.g. 6.1.192-3)")
+    update.add_argument("--only", nargs="+", default=[], metavar="FILE",
+                        help="with --debian-update: only these changed files (paths or patterns)")
+    update.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
+                        help="with --debian-update: not these changed files")
     out = p.add_argument_group("output")
     out.add_argument("-n", "--name", default="", help="module name (default livepatch-<patch>)")
     out.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR",
                      help="directory for the .ko and its report (default: .)")
     out.add_argument("-R", "--non-replace", action="store_true",
                      help="do not replace earlier patches (no atomic replace)")
+    out.add_argument("--deb", action="store_true",
+                     help="also write pykpatch-patch-<release>_<version>_amd64.deb; each build's "
+                          "module gets a name of its own, so an upgrade replaces it atomically")
+    out.add_argument("--deb-version", metavar="VERSION",
+                     help="the package's version (default: the update's Debian version, or 0, "
+                          "+ the build time)")
     run = p.add_argument_group("running")
     run.add_argument("-j", "--jobs", type=int, default=2, help="parallel compile jobs (default 2)")
     run.add_argument("--cache-dir", type=Path, metavar="DIR",
@@ -60,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
+    if args.debian_update and args.patches:
+        raise InputError("give either PATCH files or --debian-update, not both")
+    if (args.only or args.exclude) and not args.debian_update:
+        raise InputError("--only and --exclude choose files of --debian-update")
+    if args.debian_update and args.sourcedir:
+        raise InputError("--debian-update takes Debian's packages; it does not go with -s")
+    if (args.deb or args.deb_version) and args.sourcedir:
+        raise InputError("--deb packages a patch for a Debian kernel; it does not go with -s")
+    if args.deb_version and not args.deb:
+        raise InputError("--deb-version goes with --deb")
+    if args.deb_version and not is_debian_version(args.deb_version):
+        raise InputError(f"--deb-version {args.deb_version}: not a Debian version (like 1.2 or "
+                         "6.1.192-3+1)")
     if args.config and not args.sourcedir:
         raise KpatchError("-c/--config goes with -s/--sourcedir; a Debian kernel brings its own config")
     if args.config and args.sourcedir:
@@ -75,13 +110,105 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         skip_compiler_check=args.skip_compiler_check, cache=args.cache_dir)
 
 
+@dataclass(frozen=True)
+class DebBuild:
+    """The package a --deb build makes, and the module name that goes with it."""
+
+    version: str
+    module_prefix: str
+    module: str
+
+
+def deb_build(args: argparse.Namespace, base_name: str) -> DebBuild:
+    """Version and module name of a --deb build: every build's module has a name of its
+    own (the version in it), so a package upgrade can replace it without a gap."""
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    version = args.deb_version or f"{args.debian_update or '0'}+{stamp}"
+    suffix = re.sub(r"[^A-Za-z0-9]+", "-", version).strip("-")
+    prefix = base_name[:max(1, MODULE_NAME_MAX - len(suffix) - 1)] + "-"
+    return DebBuild(version, prefix, (prefix + suffix)[:MODULE_NAME_MAX])
+
+
+def _base_name(args: argparse.Namespace) -> str:
+    if args.name:
+        return args.name
+    if args.debian_update:
+        return "livepatch-debian" if args.deb else f"livepatch-{args.debian_update}"
+    return module_name(args.patches)
+
+
+def run_build(args: argparse.Namespace, opts: BuildOptions, logfile: Path) -> int:
+    """Build (a patch or an update), print what it did, package it if asked."""
+    deb = deb_build(args, _base_name(args)) if args.deb else None
+    opts = replace(opts, name=deb.module if deb else _base_name(args))
+    if args.debian_update:
+        from pykpatch.update.driver import UpdateOptions, build_update
+        from pykpatch.update.driver import description as update_description
+        from pykpatch.update.plan import Selection
+        from pykpatch.update.report import summary_line, text_lines
+        update = build_update(UpdateOptions(args.debian_update, opts,
+                                            Selection(args.only, args.exclude)), Progress(), logfile)
+        for line in text_lines(update):
+            print(line)
+        if update.module is None:
+            raise Refusal(summary_line(update))
+        module = update.module
+        lines: List[str] = [summary_line(update), f"report: {update.report_path}"]
+        release, kernel_version = update.release, update.current
+        description = (f"live patch of Debian's {update.version} kernel update\n"
+                       + update_description(update))
+    else:
+        result = build(opts, Progress(), logfile)
+        _print_functions(result.reports)
+        module = result.module
+        lines = [f"SUCCESS: {result.module} ({result.seconds:.1f} s; report "
+                 f"{result.report_path.name})"]
+        release, kernel_version = _debian_kernel(opts)
+        description = (f"live patch for Linux {release}\nBuilt by pykpatch from "
+                       + ", ".join(p.name for p in opts.patches) + ".")
+    if deb is not None:
+        lines.append(f"package: {_package(module, release, kernel_version, deb, description)}")
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _print_functions(reports: List[dict]) -> None:
+    for report in reports:
+        for func in report.get("functions", []):
+            mark = "patched" if func["patched"] else "included"
+            name = func["name"] + (f" (#{func['sympos']} of that name)" if func.get("sympos") else "")
+            print(f"  {report['target']}: {name} ({mark}: {func['reason']})")
+
+
+def _debian_kernel(opts: BuildOptions) -> "tuple[str, str]":
+    """Release and Debian version of the kernel a (non -s) build was for."""
+    from pykpatch.build.target import running_release
+    from pykpatch.provider.debian import DebianKernel
+    kernel = DebianKernel(opts.release or running_release(), cache=opts.cache)
+    return kernel.release.release, kernel.packages.version
+
+
+def _package(module: Path, release: str, kernel_version: str, deb: DebBuild,
+             description: str) -> Path:
+    from pykpatch.build.debpackage import PackageSpec, write_package
+    spec = PackageSpec(module=module, release=release, kernel_version=kernel_version,
+                       version=deb.version, description=description,
+                       module_prefix=deb.module_prefix)
+    work = Path(tempfile.mkdtemp(prefix="kpatch-deb-"))
+    try:
+        return write_package(spec, module.parent, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("kpatch-build", args.debug)
     logfile = default_logfile(args.cache_dir)
     try:
         opts = _options(args)
-        result = build(opts, Progress(), logfile)
+        return run_build(args, opts, logfile)
     except KpatchError as err:
         if args.debug:
             traceback.print_exc()
@@ -92,13 +219,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("kpatch-build: interrupted; the source tree is restored", file=sys.stderr)
         return 130
-    for report in result.reports:
-        for func in report.get("functions", []):
-            mark = "patched" if func["patched"] else "included"
-            name = func["name"] + (f" (#{func['sympos']} of that name)" if func.get("sympos") else "")
-            print(f"  {report['target']}: {name} ({mark}: {func['reason']})")
-    print(f"SUCCESS: {result.module} ({result.seconds:.1f} s; report {result.report_path.name})")
-    return 0
 
 
 if __name__ == "__main__":

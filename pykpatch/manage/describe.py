@@ -19,7 +19,24 @@ def list_text(report: Json) -> List[str]:
         or ["  (none)"]
     lines += ["", f"Installed patch modules ({kernel['release']}):"]
     lines += [_installed_line(entry) for entry in report["installed"]] or ["  (none)"]
+    for other in report.get("kernels", [])[1:]:
+        # A kernel without patches matters only when the running one has some.
+        if other["patches"] or report["installed"]:
+            lines += _other_kernel_lines(other)
     return lines
+
+
+def _other_kernel_lines(kernel: Json) -> List[str]:
+    """A kernel that is not running: its installed patches, loaded when it boots."""
+    state = "installed, not running" if kernel["installed"] else "not installed on this machine"
+    lines = ["", f"Installed patch modules ({kernel['release']}, {state}):"]
+    names = [f"{p['file'].rsplit('/', 1)[-1]} ({p['name']})" for p in kernel["patches"]]
+    if names:
+        return lines + names
+    release = kernel["release"]
+    return lines + [f"  (none: when it lacks fixes the running kernel's patches bring, build them "
+                    f"with 'kpatch-build -k {release}' and install them with "
+                    f"'kpatch install -k {release} FILE' before booting it)"]
 
 
 def info_text(report: Json) -> List[str]:

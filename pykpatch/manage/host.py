@@ -22,6 +22,8 @@ STORE = Path("/var/lib/kpatch")
 # after the original file is gone.  tmpfs: it empties at boot, like the kernel.
 RUNTIME = Path("/run/kpatch")
 UNIT_DIR = Path("/etc/systemd/system")
+# One directory per installed kernel release (Debian's linux-image packages).
+MODULES_ROOT = Path("/lib/modules")
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -40,6 +42,7 @@ class Host:
     store: Path = STORE
     runtime: Path = RUNTIME
     unit_dir: Path = UNIT_DIR
+    modules_root: Path = MODULES_ROOT
     release: str = field(default_factory=_running_release)
     # Same signature as pykpatch.process.run; every insmod, rmmod, dmesg and
     # systemctl goes through it.
@@ -53,5 +56,6 @@ class Host:
         return cls(
             livepatch=below(SYSFS_LIVEPATCH), sys_module=below(SYSFS_MODULE),
             proc=below(PROC), store=below(STORE), runtime=below(RUNTIME),
-            unit_dir=below(UNIT_DIR), release=release, run=run,
+            unit_dir=below(UNIT_DIR), modules_root=below(MODULES_ROOT), release=release,
+            run=run,
         )

@@ -61,6 +61,14 @@ class Store:
         files.sort(key=lambda p: (p.stat().st_mtime, p.name))
         return [Installed(p, release, _try_read(p)) for p in files]
 
+    def releases(self) -> List[str]:
+        """Kernel releases with at least one installed patch."""
+        try:
+            dirs = [d for d in self.host.store.iterdir() if d.is_dir()]
+        except FileNotFoundError:
+            return []
+        return sorted(d.name for d in dirs if any(d.glob("*.ko")))
+
     def find(self, name: str, release: str) -> Optional[Installed]:
         """The installed patch called *name* (module or file name, '-' or '_')."""
         wanted = kbuild_modname(name[:-3] if name.endswith(".ko") else name)
@@ -70,7 +78,11 @@ class Store:
         return None
 
     def install(self, path: Path, release: str) -> Installed:
-        """Copy a checked livepatch module into the store for *release*."""
+        """Copy a checked livepatch module into the store for *release*.
+
+        A file that already is its place in the store (a package unpacked
+        it there) is checked and registered, not copied.
+        """
         info = read_module_info(path)
         require_livepatch(info)
         require_release(info, release)
@@ -78,10 +90,11 @@ class Store:
         directory.mkdir(parents=True, exist_ok=True)
         previous = self.find(info.name, release)
         destination = directory / f"{path.stem}.ko"
-        temporary = directory / f".{destination.name}.tmp"
-        # copy (not copy2): the file's mtime records the install order.
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, destination)
+        if path.resolve() == destination.resolve():
+            # dpkg dated it by the package's build; the mtime records the install order.
+            os.utime(destination)
+        else:
+            _copy_into_store(path, destination)
         if previous is not None and previous.path != destination:
             previous.path.unlink()
             log.info("replaced %s", previous.path)
@@ -100,6 +113,13 @@ class Store:
 
     def empty(self) -> bool:
         return not any(self.host.store.glob("*/*.ko"))
+
+
+def _copy_into_store(path: Path, destination: Path) -> None:
+    temporary = destination.with_name(f".{destination.name}.tmp")
+    # copy (not copy2): the file's mtime records the install order.
+    shutil.copyfile(path, temporary)
+    os.replace(temporary, destination)
 
 
 def _try_read(path: Path) -> Optional[ModuleInfo]:

@@ -22,7 +22,8 @@ Json = Dict[str, Any]
 
 
 def list_report(host: Host) -> Json:
-    """Every loaded livepatch and every patch installed for the running release."""
+    """Every loaded livepatch, every patch installed for the running release, and the
+    installed patches of every kernel: installed on this machine or with patches."""
     live = LiveKernel(host)
     store = Store(host)
     installed = store.installed(host.release)
@@ -31,7 +32,34 @@ def list_report(host: Host) -> Json:
         "kernel": _kernel(host, live),
         "patches": [_patch(host, live, name, installed) for name in _loaded_names(live)],
         "installed": [_installed(live, entry) for entry in installed],
+        "kernels": [_kernel_patches(host, live, store, release) for release in _releases(host, store)],
     }
+
+
+def _releases(host: Host, store: Store) -> List[str]:
+    """The running release first, then the others, newest name first."""
+    others = set(store.releases()) | set(_installed_kernels(host))
+    others.discard(host.release)
+    return [host.release] + sorted(others, reverse=True)
+
+
+def _installed_kernels(host: Host) -> List[str]:
+    try:
+        return [d.name for d in host.modules_root.iterdir() if (d / "kernel").is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def _kernel_patches(host: Host, live: LiveKernel, store: Store, release: str) -> Json:
+    running = release == host.release
+    return {
+        "release": release,
+        "running": running,
+        # False: patches kept for a kernel whose modules are gone (removed, or a chroot's).
+        "installed": running or (host.modules_root / release / "kernel").is_dir(),
+        "patches": [_installed(live, entry, running) for entry in store.installed(release)],
+    }
+
 
 
 def info_report(host: Host, target: str) -> Json:
@@ -113,16 +141,17 @@ def _objects(status: PatchStatus) -> List[Json]:
             for obj in status.objects]
 
 
-def _installed(live: LiveKernel, entry: Installed) -> Json:
+def _installed(live: LiveKernel, entry: Installed, running: bool = True) -> Json:
+    """An installed patch; of a kernel that is not *running*, nothing is loaded."""
     info = entry.info
-    status = live.find_status(entry.name)
+    status = live.find_status(entry.name) if running else None
     return {
         "name": entry.name,
         "file": str(entry.path),
         "release": entry.release,
         "vermagic": info.vermagic if info else None,
         "origin": info.origin.to_json() if info and info.origin else None,
-        "loaded": live.module_loaded(entry.name),
+        "loaded": running and live.module_loaded(entry.name),
         "enabled": bool(status and status.enabled),
     }
 

@@ -190,12 +190,57 @@ class Archive:
             what=f"downloading {package} {version}", logfile=logfile)
 
 
-def version_key(version: str) -> List[object]:
-    """Order of Debian kernel versions: numbers compare as numbers, and a
-    ``~`` (6.12.118-1~deb12u1) sorts before what it is appended to."""
-    upstream, tilde, tail = version.partition("~")
-    key: List[object] = [int(p) if p.isdigit() else p for p in re.split(r"[.\-+]", upstream)]
-    return key + ([0, tail] if tilde else [1])
+# Debian policy 5.6.12: [epoch:]upstream[-revision].
+_EPOCH = re.compile(r"[0-9]+")
+_UPSTREAM = re.compile(r"[0-9][A-Za-z0-9.+~]*")
+_UPSTREAM_WITH_HYPHENS = re.compile(r"[0-9][A-Za-z0-9.+~-]*")
+_REVISION = re.compile(r"[A-Za-z0-9.+~]+")
+
+
+def is_debian_version(text: str) -> bool:
+    """Whether *text* is a version Debian policy (5.6.12) allows.
+
+    As ``dpkg --validate-version``, but without the colons in the upstream
+    part that dpkg still accepts after an epoch and policy no longer allows.
+    """
+    epoch, colon, rest = text.partition(":")
+    if not colon:
+        epoch, rest = "", text
+    elif not _EPOCH.fullmatch(epoch):
+        return False
+    upstream, hyphen, revision = rest.rpartition("-")
+    if not hyphen:
+        return bool(_UPSTREAM.fullmatch(rest))
+    return bool(_UPSTREAM_WITH_HYPHENS.fullmatch(upstream) and _REVISION.fullmatch(revision))
+
+
+def version_key(version: str) -> tuple:
+    """Sort key giving Debian's order of versions (as ``dpkg --compare-versions``):
+    epoch, then upstream part, then revision; in each part, runs of digits compare
+    as numbers, and other characters with ``~`` before the end before letters
+    before the rest (6.12.118-1~deb12u1 < 6.12.118-1)."""
+    epoch, colon, rest = version.partition(":")
+    if not colon:
+        epoch, rest = "0", version
+    upstream, hyphen, revision = rest.rpartition("-")
+    if not hyphen:
+        upstream, revision = rest, ""
+    return (int(epoch) if epoch.isdigit() else 0, _part_key(upstream), _part_key(revision))
+
+
+def _part_key(part: str) -> List[tuple]:
+    key = []
+    for text, digits in re.findall(r"(\D*)(\d*)", part):
+        if text or digits:
+            key.append(([_char_weight(c) for c in text] + [0], int(digits or 0)))
+    # The end of a part sorts like an empty non-digit run and a zero, as in dpkg.
+    return key + [([0], 0)]
+
+
+def _char_weight(c: str) -> int:
+    if c == "~":
+        return -1
+    return ord(c) if c.isalpha() else ord(c) + 256
 
 
 class _FileLock:

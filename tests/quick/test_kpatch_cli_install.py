@@ -62,6 +62,33 @@ def test_reinstall_under_a_new_file_name_replaces_the_old_file(cli, fake, tmp_pa
     assert [p.name for p in (fake.host.store / RELEASE).iterdir()] == ["livepatch-test-v2.ko"]
 
 
+def test_install_of_the_file_in_the_store_registers_it_in_place(cli, fake, tmp_path):
+    # What a package's postinst does: dpkg already unpacked the file there.
+    store = fake.host.store / RELEASE
+    store.mkdir(parents=True)
+    ko = make_ko(store)
+    (store / "livepatch-test.ko.c").unlink()
+    os.utime(ko, (1000, 1000))
+    inode = ko.stat().st_ino
+    via_dotdot = store / ".." / RELEASE / ko.name
+    code, out, err = cli("install", str(via_dotdot))
+    assert code == 0, err
+    assert ko.stat().st_ino == inode                 # not copied over itself
+    assert ko.stat().st_mtime > 1000                 # dated as installed now
+    assert sorted(p.name for p in store.iterdir()) == ["livepatch-test.ko"]
+    assert f"installed livepatch_test as {ko}" in out
+    assert ["systemctl", "enable", "kpatch.service"] in fake.commands
+
+
+def test_install_in_place_still_checks_the_file(cli, fake, tmp_path):
+    store = fake.host.store / RELEASE
+    store.mkdir(parents=True)
+    ko = make_ko(store, vermagic=f"{OTHER} SMP preempt mod_unload modversions ")
+    code, _, err = cli("install", str(ko))
+    assert code == 1 and f"built for kernel {OTHER}" in err
+    assert ["systemctl", "enable", "kpatch.service"] not in fake.commands
+
+
 def test_load_all_loads_installed_patches_in_install_order(cli, fake, tmp_path):
     store = fake.host.store / RELEASE
     store.mkdir(parents=True)

@@ -152,3 +152,47 @@ def test_info_of_a_patch_loaded_by_someone_else(cli, fake) -> None:
 def test_info_of_an_unknown_name(cli, fake) -> None:
     code, _, err = cli("info", "nothing_here")
     assert code == 2 and "neither a .ko file, nor a loaded livepatch" in err
+
+
+NEXT = "6.1.0-57-cloud-amd64"     # installed, not booted yet
+OLDER = "6.1.0-54-cloud-amd64"    # installed, no patches
+GONE = "6.1.0-50-cloud-amd64"     # patches left behind, kernel removed
+
+
+def test_list_shows_the_installed_patches_of_every_kernel(cli, fake, tmp_path) -> None:
+    for release in (RELEASE, NEXT, OLDER):
+        (fake.host.modules_root / release / "kernel").mkdir(parents=True)
+    assert cli("install", str(make_ko(tmp_path)))[0] == 0
+    next_dir = tmp_path / "next"
+    next_dir.mkdir()
+    ko = make_ko(next_dir, "livepatch-next.ko", name="livepatch_next",
+                 vermagic=f"{NEXT} SMP preempt mod_unload modversions ")
+    assert cli("install", "-k", NEXT, str(ko))[0] == 0
+    gone = fake.host.store / GONE
+    gone.mkdir(parents=True)
+    make_ko(gone, "livepatch-old.ko", name="livepatch_old",
+            vermagic=f"{GONE} SMP preempt mod_unload modversions ")
+
+    report = json.loads(cli("list", "--json")[1])
+    kernels = {k["release"]: k for k in report["kernels"]}
+    assert list(kernels) == [RELEASE, NEXT, OLDER, GONE]
+    assert (kernels[RELEASE]["running"], kernels[NEXT]["running"]) == (True, False)
+    assert [p["name"] for p in kernels[NEXT]["patches"]] == ["livepatch_next"]
+    assert kernels[NEXT]["patches"][0]["loaded"] is False
+    assert kernels[OLDER]["patches"] == [] and kernels[OLDER]["installed"] is True
+    assert kernels[GONE]["installed"] is False
+    assert report["installed"] == kernels[RELEASE]["patches"]
+
+    text = cli("list")[1].splitlines()
+    at = text.index(f"Installed patch modules ({NEXT}, installed, not running):")
+    assert text[at + 1] == "livepatch-next.ko (livepatch_next)"
+    at = text.index(f"Installed patch modules ({OLDER}, installed, not running):")
+    assert f"kpatch-build -k {OLDER}" in text[at + 1]
+    assert f"Installed patch modules ({GONE}, not installed on this machine):" in text
+
+
+def test_a_kernel_without_patches_is_not_listed_when_the_running_one_has_none(cli, fake) -> None:
+    (fake.host.modules_root / NEXT / "kernel").mkdir(parents=True)
+    text = cli("list")[1]
+    assert NEXT not in text
+    assert [k["release"] for k in json.loads(cli("list", "--json")[1])["kernels"]] == [RELEASE, NEXT]

@@ -283,3 +283,14 @@ def test_no_complete_release_of_the_line_is_an_error(tmp_path, monkeypatch):
     _archive_of(monkeypatch, set(), {"6.1.0-58-cloud-amd64"})
     with pytest.raises(KpatchError, match="no complete package set of a release like"):
         newest_release(cache=tmp_path)
+
+
+def test_debian_version_order_is_dpkgs_for_any_version():
+    # Versions a user may type (a suffix, an epoch, tildes) must sort, never fail.
+    versions = ["6.1.192-2", "6.1.192-2+no.such.version", "6.1.192-3+1", "6.12.118-1~deb12u1",
+                "1:6.1-1", "6.1.192", "6.1.192~rc1-1", "7.3.4-1~bpo13+1", "6.1a-1", "6.1~~-1",
+                "6.1~-1", "0+20261204183000", "6.12.118+deb13"]
+    for a in versions:
+        for b in versions:
+            dpkg_lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
+            assert (version_key(a) < version_key(b)) is dpkg_lt, (a, b)
