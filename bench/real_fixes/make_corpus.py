@@ -9,10 +9,11 @@ does what is missing::
 
 Steps:
 
-1. ``linux-source-<line>`` of both Debian versions (the older one is the source
-   of the target kernel and comes from the provider's cache); their
-   tarballs are hashed member by member (one streaming pass each, nothing
-   unpacked), and only the changed members are extracted.
+1. ``linux-source-<line>`` of both Debian versions, through
+   :mod:`pykpatch.update.sources` (what ``kpatch-build --debian-update``
+   uses; tarballs and their hashes in ``<cache>/sources``): hashed member by
+   member (one streaming pass each, nothing unpacked), and only the changed
+   members are extracted.
 2. Which changed ``.c`` files the cloud config builds, and into what: the
    target tree's :class:`~pykpatch.build.objindex.ObjectIndex` (kbuild's own
    ``make -n``), so the answer is exact.  A ``.c`` that is not an object of
@@ -32,13 +33,10 @@ Steps:
 """
 
 import argparse
-import hashlib
 import logging
 import re
-import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
@@ -54,6 +52,7 @@ from pykpatch.kernel import kbuild
 from pykpatch.log import setup_logging
 from pykpatch.process import run
 from pykpatch.provider.debian import DebianKernel
+from pykpatch.update import sources
 
 log = logging.getLogger("pykpatch")
 
@@ -62,78 +61,9 @@ _MANIFEST_VERSION = 1
 
 # -- 1. the two sources, and what changed between them -----------------------------------------
 
-def source_tarball(version: str, kernel: DebianKernel) -> Path:
-    """``src/linux-source-<line>_<version>.tar.xz``, taken out of the .deb once."""
-    dest = corpus_dir() / "src" / f"{SOURCE_PACKAGE}_{version}.tar.xz"
-    if dest.is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if version == kernel.packages.version:
-        deb = kernel.deb("source")
-    else:
-        debs = corpus_dir() / "debs"
-        debs.mkdir(exist_ok=True)
-        deb = debs / f"{SOURCE_PACKAGE}_{version}_all.deb"
-        if not deb.is_file():
-            kernel.archive.download(SOURCE_PACKAGE, version, debs, corpus_dir() / "download.log")
-    tmp = dest.with_name(dest.name + ".tmp")
-    member = f"./usr/src/{SOURCE_PACKAGE}.tar.xz"
-    with open(tmp, "wb") as out:
-        fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-        tar = subprocess.run(["tar", "-xO", member], stdin=fsys.stdout, stdout=out)
-        fsys.stdout.close()
-        fsys.wait()
-    if tar.returncode != 0:
-        tmp.unlink()
-        raise KpatchError(f"{deb.name} has no {member}")
-    tmp.rename(dest)
-    return dest
-
-
-def member_hashes(tarball: Path) -> Dict[str, str]:
-    """sha1 of every regular file in *tarball*, by path without the top directory (cached)."""
-    cached = tarball.with_suffix(".sha1.json")
-    hashes = read_json(cached, None)
-    if hashes is not None:
-        return hashes
-    log.info("hashing the members of %s", tarball.name)
-    hashes = {}
-    xz = subprocess.Popen(["xz", "-dc", str(tarball)], stdout=subprocess.PIPE)
-    with tarfile.open(fileobj=xz.stdout, mode="r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            f = tar.extractfile(info)
-            assert f is not None
-            hashes[info.name.split("/", 1)[1]] = hashlib.sha1(f.read()).hexdigest()
-    if xz.wait() != 0:
-        raise KpatchError(f"xz could not decompress {tarball}")
-    write_json(cached, hashes)
-    return hashes
-
-
-def extract_members(tarball: Path, paths: List[str], dest: Path) -> None:
-    """Extract *paths* (without the top directory) from *tarball* into *dest*, once."""
-    stamp = dest / ".complete"
-    if stamp.is_file() and stamp.read_text().split("\n") == sorted(paths):
-        return
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    top = SOURCE_PACKAGE  # the tarballs' top directory: linux-source-6.1/
-    listing = dest.parent / (dest.name + ".members")
-    listing.write_text("".join(f"{top}/{p}\n" for p in sorted(paths)))
-    run(["tar", "-xJf", tarball, "-C", dest, "--strip-components=1", "-T", listing],
-        what=f"extracting the changed files of {tarball.name}")
-    stamp.write_text("\n".join(sorted(paths)))
-
-
-def changed_files(old: Dict[str, str], new: Dict[str, str]) -> Dict[str, List[str]]:
-    return {
-        "modified": sorted(p for p in old if p in new and old[p] != new[p]),
-        "added": sorted(p for p in new if p not in old),
-        "deleted": sorted(p for p in old if p not in new),
-    }
+def source(version: str, kernel: DebianKernel) -> sources.SourceVersion:
+    """``linux-source-<line>`` of *version*, through the product's cache (``<cache>/sources``)."""
+    return sources.source_version(kernel, version)
 
 
 # -- 2. what the cloud config builds --------------------------------------------------------------
@@ -172,15 +102,11 @@ def patch_name(path: str) -> str:
 
 def write_patch(path: str, old_root: Path, new_root: Path, dest: Path) -> int:
     """``diff -u`` of one file as a -p1 patch; returns the number of changed lines."""
-    proc = subprocess.run(["diff", "-u", "--label", f"a/{path}", "--label", f"b/{path}",
-                           str(old_root / path), str(new_root / path)],
-                          capture_output=True, text=True, errors="replace")
-    if proc.returncode != 1:
-        raise KpatchError(f"diff of {path} failed: {proc.stderr.strip()}")
-    text = f"Changed between Debian {SOURCE_PACKAGE} {OLD_VERSION} and {NEW_VERSION}.\n\n" + proc.stdout
+    header = f"Changed between Debian {SOURCE_PACKAGE} {OLD_VERSION} and {NEW_VERSION}.\n\n"
+    text = sources.unified_diff(path, old_root, new_root, header) or header
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
-    return sum(1 for line in proc.stdout.splitlines()
+    return sum(1 for line in text.splitlines()
                if line[:1] in "+-" and not line.startswith(("+++", "---")))
 
 
@@ -191,13 +117,13 @@ def make_corpus(try_compile: bool = False) -> dict:
     if kernel.packages.version != OLD_VERSION:
         raise KpatchError(f"{RELEASE} resolved to {kernel.packages.version}, not {OLD_VERSION}")
     root = corpus_dir()
-    tarballs = {v: source_tarball(v, kernel) for v in (OLD_VERSION, NEW_VERSION)}
-    hashes = {v: member_hashes(t) for v, t in tarballs.items()}
-    changes = changed_files(hashes[OLD_VERSION], hashes[NEW_VERSION])
+    old, new = source(OLD_VERSION, kernel), source(NEW_VERSION, kernel)
+    found = sources.changed_files(sources.member_hashes(old), sources.member_hashes(new))
+    changes = {"modified": found.modified, "added": found.added, "deleted": found.deleted}
     log.info("changed: %d modified, %d added, %d deleted files", *map(len, changes.values()))
     old_root, new_root = root / "files" / OLD_VERSION, root / "files" / NEW_VERSION
-    extract_members(tarballs[OLD_VERSION], changes["modified"] + changes["deleted"], old_root)
-    extract_members(tarballs[NEW_VERSION], changes["modified"] + changes["added"], new_root)
+    sources.extract_members(old, changes["modified"] + changes["deleted"], old_root)
+    sources.extract_members(new, changes["modified"] + changes["added"], new_root)
 
     tree = kernel.source_tree()
     index = ObjectIndex(tree, kernel.make_args(), tools=kernel.tools)
@@ -205,16 +131,16 @@ def make_corpus(try_compile: bool = False) -> dict:
     deps = index._dependencies(2)  # src -> every file it reads; cached in the tree
     changed_headers = [p for p in changes["modified"] + changes["added"] if p.endswith(".h")]
     header_names = {h: header_new_names(h, old_root, new_root) for h in changed_headers}
-    sources = [p for p in changes["modified"] if p.endswith(".c")]
+    c_files = [p for p in changes["modified"] if p.endswith(".c")]
     # Names many fixes add (err, dev, size_t...) say nothing about one header.
     counts: Dict[str, int] = {}
-    for path in sources:
+    for path in c_files:
         for name in _added_identifiers(old_root / path, new_root / path):
             counts[name] = counts.get(name, 0) + 1
     common = {name for name, n in counts.items() if n >= 15}
     logfile = root / "make_corpus.log"
     entries = []
-    for path in sources:
+    for path in c_files:
         entries.append(_entry(path, index, deps, header_names, common, tree, kernel,
                               old_root, new_root, logfile, try_compile))
     for path in changes["added"]:

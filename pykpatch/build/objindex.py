@@ -123,6 +123,7 @@ class ObjectIndex:
         self.jobs = jobs
         self.logfile = logfile
         self._objects: Optional[Dict[str, KernelObject]] = None
+        self._readers: Optional[Dict[str, List[str]]] = None
 
     @property
     def objects(self) -> Dict[str, KernelObject]:
@@ -165,8 +166,13 @@ class ObjectIndex:
 
     def objects_including(self, header: str, jobs: int = 2) -> List[KernelObject]:
         """Every object whose preprocessing reads *header* (exact, from ``gcc -M``)."""
-        deps = self._dependencies(jobs)
-        return sorted((self.objects[src] for src, files in deps.items() if header in files),
+        if self._readers is None:
+            # file -> sources that read it, once: an update asks for hundreds of files.
+            self._readers = {}
+            for src, files in self._dependencies(jobs).items():
+                for f in files:
+                    self._readers.setdefault(f, []).append(src)
+        return sorted((self.objects[src] for src in self._readers.get(header, [])),
                       key=lambda o: o.obj)
 
     def files_read_by(self, obj: KernelObject) -> List[str]:

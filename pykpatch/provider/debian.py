@@ -54,12 +54,16 @@ DEFAULT_RELEASE = "6.1.0-56-cloud-amd64"
 TRIXIE_RELEASE = "6.12.118+deb13-cloud-amd64"
 BOOKWORM_612_RELEASE = "6.12.118+deb12-cloud-amd64"
 GENERIC_RELEASE = "6.1.0-56-amd64"
+# Linux 7.x from trixie-backports (gcc-14; no -unsigned image package).  Backports
+# move to a new series every few months: when this one is gone, the newest 7.x.
+BACKPORTS_7_RELEASE = "7.3.4+deb13-cloud-amd64"
 PINNED_VERSIONS: Dict[str, str] = {
     "6.1.0-56-cloud-amd64": "6.1.192-2",
     "6.1.0-54-cloud-amd64": "6.1.190-1",
     TRIXIE_RELEASE: "6.12.118-1",
     BOOKWORM_612_RELEASE: "6.12.118-1~deb12u1",
     GENERIC_RELEASE: "6.1.192-2",
+    BACKPORTS_7_RELEASE: "7.3.4-1~bpo13+1",
 }
 
 # 6.1.0-56-cloud-amd64 (Debian 12's own line: <series>.0-<abi number>) and
@@ -114,10 +118,12 @@ class DebianRelease:
         """Since the +debN releases, linux-kbuild is made per ABI, not per series."""
         return "+deb" in self.abi
 
-    def package_names(self) -> Dict[str, str]:
-        """Debian package name for each role."""
+    def package_names(self, signed_image: bool = False) -> Dict[str, str]:
+        """Debian package name for each role.  The image: the ``-unsigned`` package
+        (the same files, without Secure Boot signatures) where the line has one;
+        trixie-backports' 7.x has only the signed one (*signed_image*)."""
         return {
-            "image": f"linux-image-{self.release}-unsigned",
+            "image": f"linux-image-{self.release}" + ("" if signed_image else "-unsigned"),
             "headers": f"linux-headers-{self.release}",
             "headers_common": f"linux-headers-{self.abi}-common",
             "kbuild": f"linux-kbuild-{self.abi if self.per_abi_kbuild else self.series}",
@@ -133,22 +139,27 @@ class PackageSet:
     release: DebianRelease
     version: str
     versions: Dict[str, str]
+    signed_image: bool = False
+
+    @property
+    def names(self) -> Dict[str, str]:
+        return self.release.package_names(self.signed_image)
 
     def deb_name(self, role: str) -> str:
-        name = self.release.package_names()[role]
+        name = self.names[role]
         version = self.versions[role].replace(":", "%3a")
         arch = "all" if role in ("headers_common", "source") else "amd64"
         return f"{name}_{version}_{arch}.deb"
 
 
 def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
-                    pinned: Optional[str]) -> PackageSet:
+                    pinned: Optional[str], signed_image: bool = False) -> PackageSet:
     """Pick one Debian version for the whole set from *known* (role -> versions).
 
     The pinned version wins when every strict package has it; otherwise the
     newest version they all share.  Raises naming what was looked for.
     """
-    names = release.package_names()
+    names = release.package_names(signed_image)
     missing = [names[r] for r in STRICT_ROLES if not known.get(r)]
     if missing:
         raise KpatchError(
@@ -179,29 +190,35 @@ def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
     else:
         raise KpatchError(f"kernel {release.release}: the archive has no {names['kbuild']}")
     log.info("kernel %s: Debian packages version %s", release.release, version)
-    return PackageSet(release, version, versions)
+    return PackageSet(release, version, versions, signed_image)
 
 
-def releases_in_archive(like: str, cache: Optional[Path] = None) -> List[str]:
+def releases_in_archive(like: str, cache: Optional[Path] = None,
+                        any_series: bool = False) -> List[str]:
     """Releases of the same line and flavour as *like* that the archive has a
-    debug image of (the rarest package of a set), newest ABI first."""
+    debug image of (the rarest package of a set), newest ABI first.
+    *any_series*: of any series of the same major version (backports move on
+    from 7.3 to 7.4)."""
     wanted = DebianRelease.parse(like)
+    prefix = wanted.series.split(".")[0] if any_series else wanted.series
     found = []
-    for name in Archive(cache_dir(cache)).package_names(f"linux-image-{wanted.series}."):
+    for name in Archive(cache_dir(cache)).package_names(f"linux-image-{prefix}."):
         release = name[len("linux-image-"):-len("-dbg")] if name.endswith("-dbg") else ""
-        if _RELEASE_RE.match(release) and _same_line(DebianRelease.parse(release), wanted):
+        if _RELEASE_RE.match(release) and _same_line(DebianRelease.parse(release), wanted,
+                                                     any_series):
             found.append(release)
     return sorted(found, key=lambda r: version_key(DebianRelease.parse(r).abi), reverse=True)
 
 
-def _same_line(a: DebianRelease, b: DebianRelease) -> bool:
-    return (a.series, a.flavour, a.suite) == (b.series, b.flavour, b.suite)
+def _same_line(a: DebianRelease, b: DebianRelease, any_series: bool = False) -> bool:
+    return ((a.series == b.series or any_series) and (a.flavour, a.suite) == (b.flavour, b.suite))
 
 
-def newest_release(like: str = DEFAULT_RELEASE, cache: Optional[Path] = None) -> str:
+def newest_release(like: str = DEFAULT_RELEASE, cache: Optional[Path] = None,
+                   any_series: bool = False) -> str:
     """The newest release of *like*'s line and flavour whose whole package set
     the archive has (e.g. 6.1.0-57-cloud-amd64 for 6.1.0-56-cloud-amd64)."""
-    for release in releases_in_archive(like, cache):
+    for release in releases_in_archive(like, cache, any_series):
         if DebianKernel(release, cache=cache).in_archive():
             return release
     raise KpatchError(f"Debian's archive has no complete package set of a release like {like}")
@@ -212,12 +229,13 @@ def default_release(cache: Optional[Path] = None) -> str:
     return preferred_release(DEFAULT_RELEASE, cache)
 
 
-def preferred_release(pinned: str, cache: Optional[Path] = None) -> str:
+def preferred_release(pinned: str, cache: Optional[Path] = None,
+                      any_series: bool = False) -> str:
     """*pinned* while the archive or the cache has it, else the newest release
-    of its line (logged)."""
+    of its line (logged); *any_series*: see :func:`releases_in_archive`."""
     if DebianKernel(pinned, cache=cache).in_archive():
         return pinned
-    newest = newest_release(pinned, cache)
+    newest = newest_release(pinned, cache, any_series)
     log.warning("kernel %s is gone from Debian's archive; using %s, the newest of its line",
                 pinned, newest)
     return newest
@@ -259,7 +277,10 @@ class DebianKernel:
             return cached
         known = {role: self.archive.versions(name)
                  for role, name in self.release.package_names().items()}
-        return choose_versions(self.release, known, self._pinned)
+        signed = not known["image"]
+        if signed:
+            known["image"] = self.archive.versions(self.release.package_names(True)["image"])
+        return choose_versions(self.release, known, self._pinned, signed)
 
     def _cached_set(self) -> Optional[PackageSet]:
         """The pinned set, when all of its .debs are already downloaded (works offline)."""
@@ -268,9 +289,10 @@ class DebianKernel:
         for kbuild_version in self._cached_kbuild_versions():
             versions = {r: self._pinned for r in STRICT_ROLES}
             versions["kbuild"] = kbuild_version
-            candidate = PackageSet(self.release, self._pinned, versions)
-            if all((self.debs_dir / candidate.deb_name(r)).is_file() for r in versions):
-                return candidate
+            for signed in (False, True):
+                candidate = PackageSet(self.release, self._pinned, versions, signed)
+                if all((self.debs_dir / candidate.deb_name(r)).is_file() for r in versions):
+                    return candidate
         return None
 
     def _cached_kbuild_versions(self) -> List[str]:
@@ -301,7 +323,7 @@ class DebianKernel:
         return path
 
     def _download(self, role: str) -> None:
-        self.archive.download(self.release.package_names()[role], self.packages.versions[role],
+        self.archive.download(self.packages.names[role], self.packages.versions[role],
                               self.debs_dir, self.cache / "logs" / "download.log")
 
     def download_all(self) -> None:

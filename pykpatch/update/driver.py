@@ -219,12 +219,21 @@ def _hunk_functions(patch: Optional[Path]) -> set:
     return set(_HUNK_RE.findall(patch.read_text(errors="replace")))
 
 
+# Up to this many changelog items of the patched files are quoted whole in the
+# module's description; beyond that, only their CVE ids.
+_QUOTED_ITEMS = 3
+
+
 def description(update: Update) -> str:
-    """The module's description: the update, its CVEs, and PARTIAL when it is."""
-    cves = update.patched_cves() or update.cves()
+    """The module's description: the update, its changelog items or CVEs, and PARTIAL."""
     text = (f"Live patch of Debian {update.source_package} {update.current} -> {update.version} "
             f"for {update.release}")
-    if cves:
+    items = sorted({entry.split(": ", 1)[1] for f in update.files if f.status == plan.PATCHED
+                    for entry in f.changelog})
+    cves = update.patched_cves() or update.cves()
+    if items and len(items) <= _QUOTED_ITEMS:
+        text += ": " + "; ".join(items)
+    elif cves:
         shown = cves[:12]
         text += ": " + " ".join(shown) + (f" and {len(cves) - len(shown)} more" if cves[12:] else "")
     left_out = update.left_out()

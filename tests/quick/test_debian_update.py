@@ -207,7 +207,8 @@ def _update(files: List[FileChange], module: bool = True) -> Update:
 def test_a_partial_patch_says_so_in_the_text_the_json_and_the_description():
     patched = FileChange("fs/nfsd/nfs4state.c", plan.PATCHED,
                          functions=[{"name": "nfsd4_sequence", "patched": True, "reason": "x"}],
-                         cves=["CVE-2026-99362"])
+                         cves=["CVE-2026-99362"],
+                         changelog=["6.1.192-3: nfsd: preflight SEQUENCE replies (CVE-2026-99362)"])
     refused = FileChange("fs/ext4/mballoc.c", plan.REFUSED, "fs/ext4/mballoc.o: changes data")
     update = _update([patched, refused])
     assert update.partial
@@ -216,7 +217,8 @@ def test_a_partial_patch_says_so_in_the_text_the_json_and_the_description():
     assert "what to do:" in text and report.summary_line(update).startswith("PARTIAL:")
     data = report.to_json(update)
     assert data["partial"] is True and data["counts"] == {"patched": 1, "refused": 1}
-    assert "PARTIAL" in description(update) and "CVE-2026-99362" in description(update)
+    assert "PARTIAL" in description(update)
+    assert "nfsd: preflight SEQUENCE replies (CVE-2026-99362)" in description(update)
     whole = _update([patched])
     assert not whole.partial and "PARTIAL" not in description(whole)
     assert report.summary_line(whole).startswith("SUCCESS:")

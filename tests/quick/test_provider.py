@@ -294,3 +294,18 @@ def test_debian_version_order_is_dpkgs_for_any_version():
         for b in versions:
             dpkg_lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
             assert (version_key(a) < version_key(b)) is dpkg_lt, (a, b)
+
+
+def test_a_line_without_unsigned_images_takes_the_signed_one(tmp_path, monkeypatch):
+    # trixie-backports' 7.x: linux-image-<release> only, no -unsigned package.
+    release = "7.3.4+deb13-cloud-amd64"
+    version = "7.3.4-1~bpo13+1"
+    listed = {f"linux-image-{release}": [version]}
+    monkeypatch.setattr(Archive, "versions", lambda self, name: listed.get(
+        name, [] if name.endswith("-unsigned") else [version]))
+    kernel = DebianKernel(release, cache=tmp_path)
+    assert kernel.packages.signed_image and kernel.packages.version == version
+    assert kernel.packages.deb_name("image") == f"linux-image-{release}_{version}_amd64.deb"
+    unsigned = DebianKernel("6.1.0-56-cloud-amd64", cache=tmp_path)
+    monkeypatch.setattr(Archive, "versions", lambda self, name: ["6.1.192-2"])
+    assert unsigned.packages.deb_name("image").startswith("linux-image-6.1.0-56-cloud-amd64-unsigned_")

@@ -19,8 +19,8 @@ from pykpatch.build.target import module_dependencies
 from pykpatch.kernel.livepatch import SYSFS_LIVEPATCH
 from pykpatch.provider.archive import DEBIAN_CODENAMES
 from pykpatch.provider.debian import (
-    BOOKWORM_612_RELEASE, GENERIC_RELEASE, TRIXIE_RELEASE, DebianKernel, host_suite,
-    preferred_release,
+    BACKPORTS_7_RELEASE, BOOKWORM_612_RELEASE, GENERIC_RELEASE, TRIXIE_RELEASE, DebianKernel,
+    host_suite, preferred_release,
 )
 from pykpatch.testbed.vm import Guest
 
@@ -32,6 +32,8 @@ KERNEL_LINES = {
     "debian13-6.12": lambda: DebianKernel(preferred_release(TRIXIE_RELEASE)),
     "debian12-backports-6.12": lambda: DebianKernel(preferred_release(BOOKWORM_612_RELEASE)),
     "debian12-6.1-generic": lambda: DebianKernel(preferred_release(GENERIC_RELEASE)),
+    "debian13-backports-7.x": lambda: DebianKernel(preferred_release(BACKPORTS_7_RELEASE,
+                                                                     any_series=True)),
 }
 FULL_LINES = ("debian12-6.1", "debian13-6.12")
 BASIC = {
@@ -45,9 +47,16 @@ BASIC = {
 }
 
 
+# Linux 7.x (beside the kernel's own klp-build): the basic cases and a changed static inline.
+SEVEN = BASIC | {"test_changed_static_inline_in_a_header_patches_its_callers"}
+
+
 def pytest_generate_tests(metafunc) -> None:
     if "kernel_line" in metafunc.fixturenames:
-        lines = list(KERNEL_LINES) if metafunc.function.__name__ in BASIC else FULL_LINES
+        name = metafunc.function.__name__
+        lines = [line for line in KERNEL_LINES
+                 if line in FULL_LINES or name in BASIC
+                 or (line == "debian13-backports-7.x" and name in SEVEN)]
         metafunc.parametrize("kernel_line", lines, scope="module")
 
 
