@@ -8,7 +8,10 @@ the target prepared and both source tarballs' hashes cached (a first run
 also downloads and hashes them: that time is printed separately); then the
 module is loaded in the guest running that kernel, and dmesg is checked.
 
-Usage: python3 bench/bench_debian_update.py [-k RELEASE] [--version VERSION]
+Usage: python3 bench/bench_debian_update.py [-k RELEASE] [--version VERSION] [--reuse]
+
+--reuse: take the module and the timing of the last run (``timing.json`` beside
+it) and only load it and write the document.
 """
 
 import argparse
@@ -19,7 +22,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -41,20 +44,47 @@ def run_build(release: str, version: str, out: Path) -> "tuple[float, subprocess
     return time.monotonic() - start, proc
 
 
-def refusal_kind(why: str) -> str:
-    """A refusal reason without the object and function names: what kind it is."""
-    text = re.sub(r"^[\w./-]+\.o: ", "", why.split("; ")[0])
-    rules = [
-        ("does not compile with the patch", "does not compile without the rest of its commit"),
-        ("the source does not match", "the source does not match the running kernel"),
-        ("has no ", "not in this kernel's binary (lib.a member not linked)"),
-        ("nothing to redirect", "only adds functions nothing calls"),
-    ]
-    for needle, kind in rules:
-        if needle in text:
-            return kind
-    text = re.sub(r"'[^']*'|\([^)]*\)|\b\w+\(\)", "", text)
-    return " ".join(text.split()[:8])
+def build_timed(release: str, version: str, out: Path) -> "tuple[Optional[float], float]":
+    """Build into a clean *out*; (seconds, seconds of a first run that also downloaded and
+    hashed the sources, else 0), recorded in ``timing.json``."""
+    if out.exists():
+        for f in out.iterdir():
+            f.unlink()
+    first = 0.0
+    seconds, proc = run_build(release, version, out)
+    if "hashing the files" in proc.stderr:
+        first, (seconds, proc) = seconds, run_build(release, version, out)
+    print(proc.stdout[-3000:])
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        if not list(out.glob("*.json")):
+            return None, first
+    (out / "timing.json").write_text(json.dumps({"seconds": seconds, "first": first}) + "\n")
+    return seconds, first
+
+
+# Kinds of refusal, by a phrase of the reason (the report's wording).
+KINDS = [
+    ("does not compile with the patch", "does not compile without the rest of its commit"),
+    ("changes layout", "a struct's layout changes"),
+    ("__init", "changed __init code or data (already ran at boot)"),
+    ("__exit", "changed __exit code"),
+    ("initial value of data changed", "changed initial value of data"),
+    ("no __fentry__", "a changed function ftrace cannot redirect"),
+    ("key that lives in module", "a static branch or call key in a module"),
+    (".static_call_sites", "a static branch or call key in a module"),
+    ("entries changed", "changed entries of a table the kernel read at boot"),
+    ("binding changed", "a symbol's binding changed"),
+    ("the source does not match", "the source does not match the running kernel"),
+    ("has no ", "not in this kernel's binary (lib.a member not linked)"),
+    ("nothing to redirect", "only adds functions nothing calls"),
+]
+
+
+def refusal_kinds(why: str) -> List[str]:
+    """The kinds of problem one refused file has (each once)."""
+    found = [kind for needle, kind in KINDS if needle in why]
+    return sorted(set(found)) or ["other: " + " ".join(why.split()[:10])]
 
 
 def load_in_guest(kernel: DebianKernel, module: Path) -> Dict[str, object]:
@@ -88,8 +118,9 @@ def write_doc(release: str, version: str, current: str, seconds: float, first_se
     functions = [fn for f in patched for fn in f.get("functions", [])]
     replaced = [fn for fn in functions if fn.get("patched")]
     refused = [f for f in files if f["status"] in ("refused", "needs-commit")]
-    kinds = Counter(refusal_kind(f["why"]) if f["status"] == "refused"
-                    else "needs the rest of its commit (a header)" for f in refused)
+    kinds = Counter(kind for f in refused for kind in (
+        refusal_kinds(f["why"]) if f["status"] == "refused"
+        else ["needs the rest of its commit (a header)"]))
     lines = [
         "# `--debian-update` on a whole upstream stable update",
         "",
@@ -117,9 +148,9 @@ def write_doc(release: str, version: str, current: str, seconds: float, first_se
         "| --- | --- |",
     ] + [f"| {status} | {n} |" for status, n in counts.items()] + [
         "",
-        "Refused files by reason:",
+        "Refused and needs-commit files by kind of problem (a file may have several):",
         "",
-        "| reason | files |",
+        "| problem | files |",
         "| --- | --- |",
     ] + [f"| {kind} | {n} |" for kind, n in kinds.most_common()] + [
         "",
@@ -134,7 +165,10 @@ def write_doc(release: str, version: str, current: str, seconds: float, first_se
     else:
         lines.append(f"- did not load: `{guest.get('error')}`")
     lines += ["", "Refused and needs-commit files (the report's reason, shortened):", ""]
-    lines += [f"- `{f['path']}`: {f['why'][:300]}" for f in refused]
+    # (runs before pykpatch 0.1's refusals dropped the work directory's path)
+    lines += [f"- `{f['path']}`: " + re.sub(r"/tmp/kpatch-build-[^/]+/patched/\S+: ", "",
+                                          f["why"])[:300].replace("\n", " ")
+              for f in refused]
     DOC.write_text("\n".join(lines) + "\n")
 
 
@@ -142,25 +176,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", "--kernel", default="6.1.0-54-cloud-amd64")
     parser.add_argument("--version", default="6.1.192-1")
+    parser.add_argument("--reuse", action="store_true",
+                        help="load the last run's module instead of building again")
     args = parser.parse_args()
     kernel = DebianKernel(args.kernel)
     out = cache_dir() / "bench-debian-update" / f"{args.kernel}_{args.version}"
-    if out.exists():
-        for f in out.iterdir():
-            f.unlink()
-    first = 0.0
-    seconds, proc = run_build(args.kernel, args.version, out)
-    if "hashing the files" in proc.stderr:
-        first, (seconds, proc) = seconds, run_build(args.kernel, args.version, out)
-    print(proc.stdout[-3000:])
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        if not list(out.glob("*.json")):
+    timing = out / "timing.json"
+    if args.reuse and timing.is_file():
+        seconds, first = (json.loads(timing.read_text())[k] for k in ("seconds", "first"))
+        print(f"reusing the build of {out} ({seconds / 60:.1f} min)")
+    else:
+        seconds, first = build_timed(args.kernel, args.version, out)
+        if seconds is None:
             return 1
-    data = json.loads(next(out.glob("*.json")).read_text())
+    data = json.loads(next(out.glob("livepatch-*.json")).read_text())
     modules = list(out.glob("*.ko"))
-    guest = load_in_guest(kernel, modules[0]) if modules else {"loaded": False,
-                                                               "error": "no module was built"}
+    loaded = out / "guest.json"
+    if args.reuse and loaded.is_file():
+        guest = json.loads(loaded.read_text())
+    else:
+        guest = load_in_guest(kernel, modules[0]) if modules else {"loaded": False,
+                                                                   "error": "no module was built"}
+        loaded.write_text(json.dumps(guest) + "\n")
     cpu = subprocess.run(["sh", "-c", "nproc; grep -m1 'model name' /proc/cpuinfo"],
                          capture_output=True, text=True).stdout.split("\n")
     host = f"{cpu[0]} cores ({cpu[1].split(':')[-1].strip()})"

@@ -82,7 +82,7 @@ def check_nothing_missing(text: str, tree: Path) -> None:
     (IncompleteTree); anything else means the tree is not prepared (the
     host tools of ``archprepare`` generate some headers and sources).
     """
-    missing = sorted({p for p in _NO_RULE.findall(text) if p not in kbuild.LINK_INPUTS})
+    missing = sorted({p for p in _NO_RULE.findall(text) if not kbuild.LINK_INPUTS.match(p)})
     sources = [p for p in missing if p.endswith(_SOURCE_SUFFIXES)]
     if sources:
         raise IncompleteTree(sources)

@@ -236,7 +236,9 @@ def diff_all(target: Target, affected: AffectedObjects, orig: Dict[str, Path],
         try:
             result = diff_one(target, obj, orig[obj.obj], patched[obj.obj], sizes, name)
         except Refusal as refusal:
-            diffed.refused[obj.obj] = reasons + [str(refusal)]
+            # (the differ names the file it read: a copy in the work directory)
+            why = str(refusal).replace(f"{patched[obj.obj]}: ", "")
+            diffed.refused[obj.obj] = reasons + [why]
             continue
         report = result.report.to_dict()
         report.update(object=obj.obj, target=obj.target, why=affected.reasons[obj.obj])

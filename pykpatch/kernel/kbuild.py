@@ -37,8 +37,9 @@ CONFIG_AND_HOST_TOOLS_GOAL = "archprepare"
 PREPARE_GOAL = "prepare"
 
 # What `make -n vmlinux modules` cannot find a rule for in a tree where
-# nothing has been compiled: the link's input archive.
-LINK_INPUTS = frozenset({"vmlinux.a"})
+# nothing has been compiled: the link's input archives -- vmlinux.a, and from
+# 7.x on (vmlinux.a made by a sub-make of its own) built-in.a and each lib.a.
+LINK_INPUTS = re.compile(r"^(?:vmlinux\.a|built-in\.a|(?:.+/)?lib\.a)$")
 
 # Objects `prepare` itself compiles, part of neither vmlinux nor a module.
 PREPARE_OBJECT_DIR = "scripts/"

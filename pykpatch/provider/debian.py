@@ -54,7 +54,7 @@ DEFAULT_RELEASE = "6.1.0-56-cloud-amd64"
 TRIXIE_RELEASE = "6.12.118+deb13-cloud-amd64"
 BOOKWORM_612_RELEASE = "6.12.118+deb12-cloud-amd64"
 GENERIC_RELEASE = "6.1.0-56-amd64"
-# Linux 7.x from trixie-backports (gcc-14; no -unsigned image package).  Backports
+# Linux 7.x from trixie-backports (gcc-14; the image split in three packages).  Backports
 # move to a new series every few months: when this one is gone, the newest 7.x.
 BACKPORTS_7_RELEASE = "7.3.4+deb13-cloud-amd64"
 PINNED_VERSIONS: Dict[str, str] = {
@@ -81,6 +81,10 @@ _OTHER_ARCH_DIRS = ("arch/[!x]*", "arch/x[!8]*")
 # holds host tools (modpost, fixdep) shared by all ABIs of a series; the
 # archive keeps fewer of its versions, so it may fall back (logged).
 STRICT_ROLES = ("image", "headers", "headers_common", "dbg", "source")
+# Since Debian's 7.x packages, linux-image-<release> is an empty package that
+# depends on three: linux-base- (config, System.map), linux-binary- (vmlinuz;
+# -unsigned without the Secure Boot signature) and linux-modules-<release>.
+SPLIT_IMAGE_ROLES = ("base", "modules")
 
 # The kernel source tarball inside linux-source-<series>.
 _SOURCE_TARBALL = "./usr/src/linux-source-*.tar.xz"
@@ -118,12 +122,15 @@ class DebianRelease:
         """Since the +debN releases, linux-kbuild is made per ABI, not per series."""
         return "+deb" in self.abi
 
-    def package_names(self, signed_image: bool = False) -> Dict[str, str]:
-        """Debian package name for each role.  The image: the ``-unsigned`` package
-        (the same files, without Secure Boot signatures) where the line has one;
-        trixie-backports' 7.x has only the signed one (*signed_image*)."""
+    def package_names(self, split_image: bool = False) -> Dict[str, str]:
+        """Debian package name for each role (*split_image*: see :data:`SPLIT_IMAGE_ROLES`).
+        The image is the ``-unsigned`` one: the same files without Secure Boot signatures."""
+        split = {"base": f"linux-base-{self.release}",
+                 "modules": f"linux-modules-{self.release}"} if split_image else {}
         return {
-            "image": f"linux-image-{self.release}" + ("" if signed_image else "-unsigned"),
+            "image": (f"linux-binary-unsigned-{self.release}" if split_image
+                      else f"linux-image-{self.release}-unsigned"),
+            **split,
             "headers": f"linux-headers-{self.release}",
             "headers_common": f"linux-headers-{self.abi}-common",
             "kbuild": f"linux-kbuild-{self.abi if self.per_abi_kbuild else self.series}",
@@ -139,11 +146,30 @@ class PackageSet:
     release: DebianRelease
     version: str
     versions: Dict[str, str]
-    signed_image: bool = False
+    split_image: bool = False
 
     @property
     def names(self) -> Dict[str, str]:
-        return self.release.package_names(self.signed_image)
+        return self.release.package_names(self.split_image)
+
+    @property
+    def image_roles(self) -> Sequence[str]:
+        """The packages that together are the installed kernel."""
+        return ("image", *SPLIT_IMAGE_ROLES) if self.split_image else ("image",)
+
+    def config_member(self) -> "tuple[str, str]":
+        """(role, member) of the kernel's config in its packages."""
+        release = self.release.release
+        if self.split_image:
+            return "base", f"./usr/lib/modules/{release}/config"
+        return "image", f"./boot/config-{release}"
+
+    def vmlinuz(self) -> str:
+        """The kernel image, relative to the unpacked image packages."""
+        release = self.release.release
+        if self.split_image:
+            return f"usr/lib/modules/{release}/vmlinuz.unsigned"
+        return f"boot/vmlinuz-{release}"
 
     def deb_name(self, role: str) -> str:
         name = self.names[role]
@@ -153,23 +179,24 @@ class PackageSet:
 
 
 def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
-                    pinned: Optional[str], signed_image: bool = False) -> PackageSet:
+                    pinned: Optional[str], split_image: bool = False) -> PackageSet:
     """Pick one Debian version for the whole set from *known* (role -> versions).
 
     The pinned version wins when every strict package has it; otherwise the
     newest version they all share.  Raises naming what was looked for.
     """
-    names = release.package_names(signed_image)
-    missing = [names[r] for r in STRICT_ROLES if not known.get(r)]
+    names = release.package_names(split_image)
+    strict = STRICT_ROLES + (SPLIT_IMAGE_ROLES if split_image else ())
+    missing = [names[r] for r in strict if not known.get(r)]
     if missing:
         raise KpatchError(
             f"kernel {release.release}: Debian's archive has no {', '.join(missing)}; "
             "check the release name")
-    common = set(known[STRICT_ROLES[0]])
-    for role in STRICT_ROLES[1:]:
+    common = set(known[strict[0]])
+    for role in strict[1:]:
         common &= set(known[role])
     if not common:
-        listing = "; ".join(f"{names[r]}: {', '.join(known[r])}" for r in STRICT_ROLES)
+        listing = "; ".join(f"{names[r]}: {', '.join(known[r])}" for r in strict)
         raise KpatchError(
             f"kernel {release.release}: no Debian version is shared by all its packages ({listing})")
     if pinned in common:
@@ -179,7 +206,7 @@ def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
         if pinned:
             log.warning("kernel %s: pinned Debian version %s is gone from the archive; "
                         "using %s, the newest complete set", release.release, pinned, version)
-    versions = {r: version for r in STRICT_ROLES}
+    versions = {r: version for r in strict}
     kbuild = known.get("kbuild") or []
     if version in kbuild:
         versions["kbuild"] = version
@@ -190,7 +217,7 @@ def choose_versions(release: DebianRelease, known: Dict[str, List[str]],
     else:
         raise KpatchError(f"kernel {release.release}: the archive has no {names['kbuild']}")
     log.info("kernel %s: Debian packages version %s", release.release, version)
-    return PackageSet(release, version, versions, signed_image)
+    return PackageSet(release, version, versions, split_image)
 
 
 def releases_in_archive(like: str, cache: Optional[Path] = None,
@@ -277,20 +304,23 @@ class DebianKernel:
             return cached
         known = {role: self.archive.versions(name)
                  for role, name in self.release.package_names().items()}
-        signed = not known["image"]
-        if signed:
-            known["image"] = self.archive.versions(self.release.package_names(True)["image"])
-        return choose_versions(self.release, known, self._pinned, signed)
+        split = not known["image"]
+        if split:
+            known.update({role: self.archive.versions(name) for role, name
+                          in self.release.package_names(split_image=True).items()
+                          if role in ("image", *SPLIT_IMAGE_ROLES)})
+        return choose_versions(self.release, known, self._pinned, split)
 
     def _cached_set(self) -> Optional[PackageSet]:
         """The pinned set, when all of its .debs are already downloaded (works offline)."""
         if not self._pinned:
             return None
         for kbuild_version in self._cached_kbuild_versions():
-            versions = {r: self._pinned for r in STRICT_ROLES}
-            versions["kbuild"] = kbuild_version
-            for signed in (False, True):
-                candidate = PackageSet(self.release, self._pinned, versions, signed)
+            for split in (False, True):
+                roles = STRICT_ROLES + (SPLIT_IMAGE_ROLES if split else ())
+                versions = {r: self._pinned for r in roles}
+                versions["kbuild"] = kbuild_version
+                candidate = PackageSet(self.release, self._pinned, versions, split)
                 if all((self.debs_dir / candidate.deb_name(r)).is_file() for r in versions):
                     return candidate
         return None
@@ -327,7 +357,7 @@ class DebianKernel:
                               self.debs_dir, self.cache / "logs" / "download.log")
 
     def download_all(self) -> None:
-        for role in self.release.package_names():
+        for role in self.packages.names:
             self.deb(role)
 
     # -- unpacked pieces -------------------------------------------------------
@@ -368,17 +398,17 @@ class DebianKernel:
 
     @property
     def image_dir(self) -> Path:
-        return self._unpacked("image", ["image"])
+        return self._unpacked("image", self.packages.image_roles)
 
     @property
     def vmlinuz(self) -> Path:
-        return self.image_dir / "boot" / f"vmlinuz-{self.release.release}"
+        return self.image_dir / self.packages.vmlinuz()
 
     @property
     def config(self) -> Path:
-        """The kernel's config, taken alone from the image package (it comes first there)."""
+        """The kernel's config, taken alone from its package (it comes first there)."""
         target = self.kernel_dir / f"config-{self.release.release}"
-        return self._extract_member("image", f"./boot/config-{self.release.release}", target)
+        return self._extract_member(*self.packages.config_member(), target)
 
     @property
     def modules_dir(self) -> Path:

@@ -85,13 +85,15 @@ class GuestImage:
         (root / ".pykpatch-complete").write_text("")
 
     def _install_kernel(self, root: Path) -> None:
-        deb = self.kernel.deb("image")
-        shutil.copy(deb, root / "tmp" / deb.name)
+        debs = [self.kernel.deb(role) for role in self.kernel.packages.image_roles]
+        for deb in debs:
+            shutil.copy(deb, root / "tmp" / deb.name)
         with _chroot_mounts(root):
-            run(["chroot", root, "dpkg", "-i", f"/tmp/{deb.name}"], logfile=self.logfile,
-                what=f"installing {deb.name} in the guest root",
+            run(["chroot", root, "dpkg", "-i", *[f"/tmp/{deb.name}" for deb in debs]],
+                logfile=self.logfile, what=f"installing {debs[0].name} in the guest root",
                 env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-        (root / "tmp" / deb.name).unlink()
+        for deb in debs:
+            (root / "tmp" / deb.name).unlink()
 
     def _configure(self, root: Path) -> None:
         (root / "etc/fstab").write_text("/dev/vda / ext4 rw,relatime 0 1\n")

@@ -187,7 +187,7 @@ class Guest:
 
     def _shutdown(self, sysrq: str) -> None:
         # sysrq acts at once; sync first so an installed file survives a reboot.
-        self._send({"id": -1, "cmd": f"sync; echo {sysrq} > /proc/sysrq-trigger", "timeout": 30})
+        self._send({"id": -1, "cmd": f"sync; echo {sysrq} > /proc/sysrq-trigger", "timeout": 30}, 30)
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -203,10 +203,17 @@ class Guest:
             self._proc.wait()
 
     # -- talking to the agent --------------------------------------------------
-    def _send(self, request: dict) -> None:
+    def _send(self, request: dict, timeout: float) -> None:
         if self._sock is None:
             raise GuestError("the guest is not running")
-        self._sock.sendall(json.dumps(request).encode() + b"\n")
+        # (the receive loop leaves a short timeout behind; a large put under TCG
+        # takes the guest seconds to read)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
+        except socket.timeout:
+            raise GuestError(f"timed out after {timeout:.0f} s sending a request to the guest",
+                             log=str(self.console_log)) from None
 
     def _receive(self, timeout: float, waiting_for: str) -> dict:
         deadline = time.monotonic() + timeout
@@ -231,7 +238,7 @@ class Guest:
     def _request(self, request: dict, timeout: float, what: str) -> Result:
         self._next_id += 1
         request["id"] = self._next_id
-        self._send(request)
+        self._send(request, timeout)
         while True:
             reply = self._receive(timeout + 30, waiting_for=what)
             if reply.get("id") == self._next_id:

@@ -159,6 +159,11 @@ NO_RULE = "make[3]: *** No rule to make target '{}', needed by '{}'.  Stop.\n"
 
 def test_a_dry_run_that_could_not_reach_the_link_is_complete(tmp_path):
     check_nothing_missing(MAKE_N + NO_RULE.format("vmlinux.a", "vmlinux.o"), tmp_path)
+    # 7.x: vmlinux.a is made by a sub-make, which has no rule for its archives
+    for archive in ("built-in.a", "lib/lib.a", "arch/x86/lib/lib.a"):
+        check_nothing_missing(MAKE_N + NO_RULE.format(archive, "vmlinux.a"), tmp_path)
+    with pytest.raises(KpatchError, match="no rule for fs/built-in.a.o"):
+        check_nothing_missing(MAKE_N + NO_RULE.format("fs/built-in.a.o", "x"), tmp_path)
 
 
 def test_a_source_missing_from_the_dry_run_asks_for_the_whole_tree(tmp_path):

@@ -296,16 +296,23 @@ def test_debian_version_order_is_dpkgs_for_any_version():
             assert (version_key(a) < version_key(b)) is dpkg_lt, (a, b)
 
 
-def test_a_line_without_unsigned_images_takes_the_signed_one(tmp_path, monkeypatch):
-    # trixie-backports' 7.x: linux-image-<release> only, no -unsigned package.
+def test_a_release_whose_image_is_split_in_three_packages(tmp_path, monkeypatch):
+    # Debian's 7.x: linux-image-<release> only depends on linux-base- (config),
+    # linux-binary[-unsigned]- (vmlinuz) and linux-modules-<release>.
     release = "7.3.4+deb13-cloud-amd64"
     version = "7.3.4-1~bpo13+1"
-    listed = {f"linux-image-{release}": [version]}
-    monkeypatch.setattr(Archive, "versions", lambda self, name: listed.get(
-        name, [] if name.endswith("-unsigned") else [version]))
-    kernel = DebianKernel(release, cache=tmp_path)
-    assert kernel.packages.signed_image and kernel.packages.version == version
-    assert kernel.packages.deb_name("image") == f"linux-image-{release}_{version}_amd64.deb"
-    unsigned = DebianKernel("6.1.0-56-cloud-amd64", cache=tmp_path)
+    monkeypatch.setattr(Archive, "versions", lambda self, name: [] if name.startswith(
+        f"linux-image-{release}-unsigned") else [version])
+    packages = DebianKernel(release, cache=tmp_path).packages
+    assert packages.split_image and packages.version == version
+    assert [packages.deb_name(r) for r in packages.image_roles] == [
+        f"linux-binary-unsigned-{release}_{version}_amd64.deb",
+        f"linux-base-{release}_{version}_amd64.deb",
+        f"linux-modules-{release}_{version}_amd64.deb"]
+    assert packages.config_member() == ("base", f"./usr/lib/modules/{release}/config")
+    assert packages.vmlinuz() == f"usr/lib/modules/{release}/vmlinuz.unsigned"
     monkeypatch.setattr(Archive, "versions", lambda self, name: ["6.1.192-2"])
-    assert unsigned.packages.deb_name("image").startswith("linux-image-6.1.0-56-cloud-amd64-unsigned_")
+    classic = DebianKernel("6.1.0-56-cloud-amd64", cache=tmp_path).packages
+    assert not classic.split_image and classic.image_roles == ("image",)
+    assert classic.deb_name("image").startswith("linux-image-6.1.0-56-cloud-amd64-unsigned_")
+    assert classic.config_member() == ("image", "./boot/config-6.1.0-56-cloud-amd64")
