@@ -164,6 +164,14 @@ class PackageSet:
             return "base", f"./usr/lib/modules/{release}/config"
         return "image", f"./boot/config-{release}"
 
+    def debug_vmlinux_member(self) -> str:
+        """The debug vmlinux in the -dbg package (from 7.x a symlink points there from
+        ``boot/``, and symlinks do not stream out of a package)."""
+        release = self.release.release
+        if self.split_image:
+            return f"./usr/lib/debug/lib/modules/{release}/vmlinux"
+        return f"./usr/lib/debug/boot/vmlinux-{release}"
+
     def vmlinuz(self) -> str:
         """The kernel image, relative to the unpacked image packages."""
         release = self.release.release
@@ -394,6 +402,9 @@ class DebianKernel:
                        text, flags=re.M)
         if fixed == text:
             raise KpatchError(f"unexpected headers Makefile layout in {makefile}")
+        # From 7.x it also names itself as the output directory, by absolute path.
+        own = self.kernel_dir / "headers/usr/src" / f"linux-headers-{self.release.release}"
+        fixed = re.sub(r"^KBUILD_OUTPUT=/usr/src/\S+$", f"KBUILD_OUTPUT={own}", fixed, flags=re.M)
         makefile.write_text(fixed)
 
     @property
@@ -434,7 +445,7 @@ class DebianKernel:
         read as zeros (see :mod:`pykpatch.provider.debpart`).
         """
         target = self.kernel_dir / "dbg" / f"vmlinux-{self.release.release}"
-        member = f"./usr/lib/debug/boot/vmlinux-{self.release.release}"
+        member = self.packages.debug_vmlinux_member()
 
         def write(tmp: Path) -> None:
             deb = self.deb("dbg")

@@ -88,10 +88,16 @@ class GuestImage:
         debs = [self.kernel.deb(role) for role in self.kernel.packages.image_roles]
         for deb in debs:
             shutil.copy(deb, root / "tmp" / deb.name)
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         with _chroot_mounts(root):
             run(["chroot", root, "dpkg", "-i", *[f"/tmp/{deb.name}" for deb in debs]],
                 logfile=self.logfile, what=f"installing {debs[0].name} in the guest root",
-                env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                env=env)
+            if self.kernel.packages.split_image:
+                # The initramfs hooks run from linux-image-<release>, which depends
+                # on the signed binary; the test guest boots the unsigned one.
+                run(["chroot", root, "update-initramfs", "-c", "-k", self.kernel.release.release],
+                    logfile=self.logfile, what="update-initramfs in the guest root", env=env)
         for deb in debs:
             (root / "tmp" / deb.name).unlink()
 

@@ -57,18 +57,34 @@ class Result:
         return self.rc == 0
 
 
+def default_cpus(kernel: DebianKernel) -> int:
+    """Two vCPUs, so that transitions meet tasks on another CPU -- but one for 7.x.
+
+    From 7.x the kernel switches tasks in ``__schedule()`` itself, behind the
+    static key ``klp_sched_try_switch_key``, which every transition enables
+    and then disables.  Under TCG with two vCPUs the other CPU, which runs
+    ``__schedule()`` all the time, executes the int3 of that text poke after
+    the kernel has put the NOP back, and the kernel dies of "Oops: int3"
+    at the end of the first transition -- also with a minimal livepatch module
+    built on the kernel's API alone (docs/testbed.md, "7.x under TCG").
+    Other static keys (sched_schedstats) toggle without trouble, and KVM
+    does not work here to compare.
+    """
+    return 1 if int(kernel.release.series.split(".")[0]) >= 7 else 2
+
+
 class Guest:
     """One QEMU guest running the target kernel; use as a context manager."""
 
     def __init__(self, kernel: Optional[DebianKernel] = None, *, mode: str = "fast",
-                 memory: str = "1G", cpus: int = 2, workdir: Optional[Path] = None,
+                 memory: str = "1G", cpus: Optional[int] = None, workdir: Optional[Path] = None,
                  cmdline_extra: str = "") -> None:
         if mode not in BOOT_TIMEOUT:
             raise ValueError(f"unknown boot mode {mode!r}")
         self.kernel = kernel or DebianKernel()
         self.mode = mode
         self.memory = memory
-        self.cpus = cpus
+        self.cpus = cpus or default_cpus(self.kernel)
         self.cmdline_extra = cmdline_extra
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pykpatch-guest-"))
         self._own_workdir = workdir is None

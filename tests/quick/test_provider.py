@@ -311,6 +311,7 @@ def test_a_release_whose_image_is_split_in_three_packages(tmp_path, monkeypatch)
         f"linux-modules-{release}_{version}_amd64.deb"]
     assert packages.config_member() == ("base", f"./usr/lib/modules/{release}/config")
     assert packages.vmlinuz() == f"usr/lib/modules/{release}/vmlinuz.unsigned"
+    assert packages.debug_vmlinux_member() == f"./usr/lib/debug/lib/modules/{release}/vmlinux"
     monkeypatch.setattr(Archive, "versions", lambda self, name: ["6.1.192-2"])
     classic = DebianKernel("6.1.0-56-cloud-amd64", cache=tmp_path).packages
     assert not classic.split_image and classic.image_roles == ("image",)
