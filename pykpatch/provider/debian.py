@@ -312,11 +312,12 @@ class DebianKernel:
             return cached
         known = {role: self.archive.versions(name)
                  for role, name in self.release.package_names().items()}
-        split = not known["image"]
+        split_names = self.release.package_names(split_image=True)
+        # (a release that has neither is reported with the classic names)
+        split = not known["image"] and bool(self.archive.versions(split_names["image"]))
         if split:
-            known.update({role: self.archive.versions(name) for role, name
-                          in self.release.package_names(split_image=True).items()
-                          if role in ("image", *SPLIT_IMAGE_ROLES)})
+            known.update({role: self.archive.versions(split_names[role])
+                          for role in ("image", *SPLIT_IMAGE_ROLES)})
         return choose_versions(self.release, known, self._pinned, split)
 
     def _cached_set(self) -> Optional[PackageSet]:

@@ -147,6 +147,7 @@ def _build(update: Update, opts: UpdateOptions, target: Target, chosen: Sequence
            progress: Progress, logfile: Path) -> None:
     def describe(reports: List[dict], left_out: Dict[str, List[str]]) -> str:
         _settle(update, chosen, target, reports, left_out)
+        _match_changelog(update)  # (the description quotes the patched files' items)
         return description(update)
 
     build_opts = replace(opts.build, release=update.release, name=_name(opts), partial=True,

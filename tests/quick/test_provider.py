@@ -317,3 +317,9 @@ def test_a_release_whose_image_is_split_in_three_packages(tmp_path, monkeypatch)
     assert not classic.split_image and classic.image_roles == ("image",)
     assert classic.deb_name("image").startswith("linux-image-6.1.0-56-cloud-amd64-unsigned_")
     assert classic.config_member() == ("image", "./boot/config-6.1.0-56-cloud-amd64")
+
+
+def test_a_release_with_no_packages_at_all_is_named_with_the_classic_packages(tmp_path, monkeypatch):
+    monkeypatch.setattr(Archive, "versions", lambda self, name: [])
+    with pytest.raises(KpatchError, match="linux-image-6.1.0-999-cloud-amd64-unsigned"):
+        DebianKernel("6.1.0-999-cloud-amd64", cache=tmp_path).packages
