@@ -1,17 +1,16 @@
 """What the klp-build bench's scripts share: where things are kept, the target kernel."""
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-for _path in (REPO, REPO / "tests" / "vm"):  # pykpatch, and the VM tests' patch_path
+for _path in (REPO, REPO / "bench", REPO / "tests" / "vm"):  # pykpatch, benchlib, patch_path
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from benchlib import read_config, read_json, write_json  # noqa: E402,F401  (for the scripts)
 from pykpatch.cache import cache_dir  # noqa: E402
 from pykpatch.provider.debian import BACKPORTS_7_RELEASE  # noqa: E402
 
@@ -27,20 +26,6 @@ def bench_dir() -> Path:
     d = cache_dir() / "klp-build-bench"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def read_json(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically, so an interrupted run never leaves half a file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def machine() -> dict:

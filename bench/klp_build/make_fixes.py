@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from common import FIXES_DIR, RELEASE, bench_dir, write_json
+from common import FIXES_DIR, RELEASE, bench_dir, read_config, write_json
 
 from pykpatch.errors import KpatchError
 from pykpatch.log import setup_logging
@@ -166,15 +166,6 @@ def built_as(path: str, root: Path, config: Dict[str, str]) -> str:
             return "?"
         result = min(result, state, key=_ORDER.get)
     return result
-
-
-def read_config(path: Path) -> Dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        m = re.match(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$", line)
-        if m:
-            values[m.group(1)] = m.group(2).strip('"')
-    return values
 
 
 # -- applying the change to 7.3.4 -----------------------------------------------------------------

@@ -17,23 +17,12 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from common import FIXES_DIR
-from kpatch_build_support import patch_path
+from kpatch_build_support import INOTIFY_MASK, patch_path
 
 MODULE = "module"
 REFUSED = "refused"
 
 BINFMT = "/proc/sys/fs/binfmt_misc"
-
-# As tests/vm/test_kpatch_build.py's INOTIFY_MASK: the mask /proc shows for an
-# inotify watch (100 = IN_MOVED_FROM; header-static-inline.patch adds IN_ISDIR).
-INOTIFY_MASK = """python3 -c '
-import ctypes
-libc = ctypes.CDLL(None)
-fd = libc.inotify_init()
-libc.inotify_add_watch(fd, b"/tmp", 0x100)
-info = open("/proc/self/fdinfo/%d" % fd).read()
-print(info.split("mask:")[1].split()[0])
-'"""
 
 # An ioctl /proc/PID/pagemap does not know: EINVAL (22) before the fix,
 # ENOTTY (25: the VFS's answer to -ENOIOCTLCMD) after it.

@@ -48,7 +48,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from common import REPO, REPORT, bench_dir, machine, read_json, write_json
+from common import REPO, REPORT, bench_dir, machine, read_config, read_json
+from benchlib import ResultsFile  # noqa: E402  (common puts bench/ on the path)
 from patches import MODULE, BenchPatch, select
 from report import TOOLS, duration, render
 
@@ -172,29 +173,18 @@ class KlpBuildRoot(BuildRoot):
 
 # -- results ---------------------------------------------------------------------------------------
 
-class Results:
+class Results(ResultsFile):
     """results.json: {"prepare": {...}, "patches": {name: {"klp", "pykpatch", "load"}}, "runs": [...]}."""
 
     def __init__(self, path: Path, release: str) -> None:
-        self.path = path
-        self.data = read_json(path, {})
+        super().__init__(path)
         if self.data.get("release") not in (None, release):
             raise KpatchError(f"{path} holds results for {self.data['release']}, not {release}; "
                               "move it away to start again")
         self.data["release"] = release
-        self.data.setdefault("patches", {})
-        self.data.setdefault("runs", [])
 
-    def get(self, name: str) -> dict:
-        return self.data["patches"].setdefault(name, {})
-
-    def save(self) -> None:
-        write_json(self.path, self.data)
-
-    def record_run(self, phase: str, seconds: float, count: int) -> None:
-        self.data["runs"].append({"phase": phase, "seconds": round(seconds, 1), "count": count,
-                                  "at": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()})
-        self.save()
+    def record_run(self, phase: str, seconds: float, count: int, **extra) -> None:
+        super().record_run(phase, seconds, count, machine=machine(), **extra)
 
 
 def tail(text: str, lines: int = OUTPUT_TAIL) -> str:
@@ -328,15 +318,6 @@ def check_root(bench: Bench) -> dict:
              what="the compiler's version")
     return {"compiler": cc.stdout.splitlines()[0], "host_suite": host_suite(),
             "in_build_root": host_suite() != bench.kernel.release.suite}
-
-
-def read_config(path: Path) -> Dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        m = re.match(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$", line)
-        if m:
-            values[m.group(1)] = m.group(2).strip('"')
-    return values
 
 
 def config_delta(before: Dict[str, str], after: Dict[str, str]) -> List[str]:

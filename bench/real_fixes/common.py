@@ -1,15 +1,15 @@
 """What the real-fixes corpus is made of, and where it is kept (shared by its scripts)."""
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "bench"):  # pykpatch, and benchlib
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+from benchlib import read_json, write_json  # noqa: E402,F401  (for the scripts)
 from pykpatch.cache import cache_dir  # noqa: E402
 
 # The corpora: the kernel the patches are built for, and the two Debian
@@ -45,17 +45,3 @@ def manifest_path() -> Path:
 
 def results_path() -> Path:
     return corpus_dir() / "results.json"
-
-
-def read_json(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically, so an interrupted run never leaves half a file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import List
 
 import report as report_mod
-from common import RELEASE, REPO, REPORT, corpus_dir, manifest_path, read_json, results_path, write_json
+from common import RELEASE, REPO, REPORT, corpus_dir, manifest_path, read_json, results_path
+from benchlib import ResultsFile  # noqa: E402  (common puts bench/ on the path)
 
 from pykpatch.errors import KpatchError
 from pykpatch.log import setup_logging
@@ -62,14 +63,8 @@ _TAINT_NAMES = "PFSRMBUDAWCIOELKXT"
 
 # -- results file -----------------------------------------------------------------------------------
 
-class Results:
+class Results(ResultsFile):
     """results.json: per patch {"build": {...}, "load": {...}}, plus the runs' wall times."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data = read_json(path, {})
-        self.data.setdefault("patches", {})
-        self.data.setdefault("runs", [])
 
     def reclassify(self) -> None:
         """Sort stored failures again with the current rules (they may have been refined)."""
@@ -79,17 +74,6 @@ class Results:
                 timed_out = build["message"].startswith("timed out")
                 outcome, message = classify_build(build["rc"], build["stderr"], timed_out)
                 build.update(outcome=outcome, message=bounded(message))
-
-    def get(self, name: str) -> dict:
-        return self.data["patches"].setdefault(name, {})
-
-    def save(self) -> None:
-        write_json(self.path, self.data)
-
-    def record_run(self, phase: str, seconds: float, count: int) -> None:
-        self.data["runs"].append({"phase": phase, "seconds": round(seconds, 1), "count": count,
-                                  "at": time.strftime("%Y-%m-%d %H:%M:%S")})
-        self.save()
 
 
 def bounded(text: str, limit: int = OUTPUT_LIMIT) -> str:

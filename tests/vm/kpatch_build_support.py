@@ -22,6 +22,17 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXPECTED_TAINT = (1 << 12) | (1 << 13) | (1 << 15)
 BAD_DMESG = ("Call Trace", "BUG:", "WARNING:", "Oops", "general protection", "livepatch: failed")
 
+# The mask /proc shows for an inotify watch on /tmp (0x100 = IN_CREATE);
+# header-static-inline.patch adds IN_ISDIR (0x40000000) to what it shows.
+INOTIFY_MASK = """python3 -c '
+import ctypes
+libc = ctypes.CDLL(None)
+fd = libc.inotify_init()
+libc.inotify_add_watch(fd, b"/tmp", 0x100)
+info = open("/proc/self/fdinfo/%d" % fd).read()
+print(info.split("mask:")[1].split()[0])
+'"""
+
 
 @dataclass
 class Build:

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from kpatch_build_support import (
-    EXAMPLES, Build, kernel_health, kpatch_build, load, patch_path, unload, wait_for,
+    EXAMPLES, INOTIFY_MASK, Build, kernel_health, kpatch_build, load, patch_path, unload, wait_for,
 )
 from pykpatch.build.target import module_dependencies
 from pykpatch.kernel.livepatch import SYSFS_LIVEPATCH
@@ -375,16 +375,6 @@ def test_two_patches_in_a_row_with_atomic_replace(built, healthy):
     assert guest.check("cat /proc/cmdline").rstrip().endswith("pykpatch=second")
     unload(guest, second)
     assert "pykpatch=" not in guest.check("cat /proc/cmdline")
-
-
-INOTIFY_MASK = """python3 -c '
-import ctypes
-libc = ctypes.CDLL(None)
-fd = libc.inotify_init()
-libc.inotify_add_watch(fd, b"/tmp", 0x100)
-info = open("/proc/self/fdinfo/%d" % fd).read()
-print(info.split("mask:")[1].split()[0])
-'"""
 
 
 # Where inotify_mark_user_mask() ends up inlined, by compiler.
