@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 from pykpatch.build.affected import AffectedObjects, affected_objects, patch_files
 from pykpatch.build.compile import Compiled, compile_each, compile_objects
@@ -59,6 +59,9 @@ class BuildOptions:
     partial: bool = False
     # The module's description, from the objects' reports and what was left out.
     describe: Optional[Callable[[List[dict], Dict[str, List[str]]], str]] = None
+    # Partial: the objects that must be left out with these (they carry one
+    # change between them: a header's users, a .c file and its includer).
+    together: Optional[Callable[[Set[str]], Set[str]]] = None
 
 
 @dataclass
@@ -115,20 +118,23 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path,
         progress.stage(f"diffing {len(affected.objects)} object(s)")
         diffed = diff_all(target, affected, orig, compiled.copies, sizes, name, work)
         left_out.update(diffed.refused)
+        _leave_out_together(left_out, opts.together)
+        kept_reports = [r for r in diffed.reports if r["object"] not in left_out]
         try:
             outputs = settle(diffed, left_out, opts.partial)
         except Refusal as nothing:
             if not opts.partial:
                 raise
-            return BuildResult(None, None, diffed.reports, time.monotonic() - progress.start,
+            return BuildResult(None, None, kept_reports, time.monotonic() - progress.start,
                                left_out, str(nothing))
         progress.stage(f"linking {name}.ko")
-        description = opts.describe(diffed.reports, left_out) if opts.describe else ""
-        inputs = ModuleInputs(name, outputs, patches, target.release, opts.replace, description)
+        description = opts.describe(kept_reports, left_out) if opts.describe else ""
+        in_module = _patches_in_module(patches, target, left_out, opts.jobs) if left_out else patches
+        inputs = ModuleInputs(name, outputs, in_module, target.release, opts.replace, description)
         ko = link_module(inputs, target.headers_dir, work / "module", logfile, opts.jobs,
                          target.tools)
         check_module(ko, target.release, target.symvers)
-        result = deliver(ko, diffed.reports, opts.output)
+        result = deliver(ko, kept_reports, opts.output)
         result.left_out = left_out
     finally:
         if opts.skip_cleanup:
@@ -137,6 +143,31 @@ def build(opts: BuildOptions, progress: Progress, logfile: Path,
             shutil.rmtree(work, ignore_errors=True)
     result.seconds = time.monotonic() - progress.start
     return result
+
+
+def _leave_out_together(left_out: Dict[str, List[str]],
+                        together: Optional[Callable[[Set[str]], Set[str]]]) -> None:
+    """Leave out, with each left-out object, the objects that carry the same change."""
+    while together is not None:
+        more = together(set(left_out)) - set(left_out)
+        if not more:
+            return
+        for obj in sorted(more):
+            left_out[obj] = ["left out with the other objects of the same changed file"]
+
+
+def _patches_in_module(patches: List[Path], target: Target, left_out: Dict[str, List[str]],
+                       jobs: int) -> List[Path]:
+    """The patches whose every object is in the module (what its modinfo names)."""
+    kept = []
+    for patch in patches:
+        try:
+            objects = affected_objects(patch_files([patch]), target.index, jobs).objects
+        except Refusal:
+            continue
+        if all(o.obj not in left_out for o in objects):
+            kept.append(patch)
+    return kept
 
 
 def _read_vmlinux_symbols(target: Target, affected: AffectedObjects) -> None:

@@ -6,6 +6,7 @@ packages are fetched and cached).
 """
 
 import argparse
+import hashlib
 import logging
 import re
 import shutil
@@ -22,6 +23,7 @@ from pykpatch.build.module import module_name
 from pykpatch.build.pipeline import BuildOptions, Progress, build, default_logfile
 from pykpatch.errors import InputError, KpatchError, Refusal
 from pykpatch.kernel.livepatch import MODULE_NAME_MAX
+from pykpatch.process import require_tool
 from pykpatch.provider.archive import is_debian_version
 from pykpatch.log import setup_logging
 
@@ -92,6 +94,11 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         raise InputError("--deb packages a patch for a Debian kernel; it does not go with -s")
     if args.deb_version and not args.deb:
         raise InputError("--deb-version goes with --deb")
+    if args.deb and (args.name or args.non_replace):
+        # An upgrade replaces the loaded build atomically, and removes the modules
+        # it replaced by their one name prefix.
+        raise InputError("--deb names its module after the package version and builds it with "
+                         "atomic replace: leave out -n and -R")
     if args.deb_version and not is_debian_version(args.deb_version):
         raise InputError(f"--deb-version {args.deb_version}: not a Debian version (like 1.2 or "
                          "6.1.192-3+1)")
@@ -119,27 +126,39 @@ class DebBuild:
     module: str
 
 
-def deb_build(args: argparse.Namespace, base_name: str) -> DebBuild:
+# Every module of a live patch package starts with this; its postinst removes the
+# modules of the builds a new one replaced by it.
+DEB_MODULE_PREFIX = "livepatch-deb-"
+
+
+def deb_build(args: argparse.Namespace) -> DebBuild:
     """Version and module name of a --deb build: every build's module has a name of its
-    own (the version in it), so a package upgrade can replace it without a gap."""
+    own (the version, and a digest of it, since 1.0+1 and 1.0.1 read alike), so a
+    package upgrade can replace it without a gap."""
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     version = args.deb_version or f"{args.debian_update or '0'}+{stamp}"
-    suffix = re.sub(r"[^A-Za-z0-9]+", "-", version).strip("-")
-    prefix = base_name[:max(1, MODULE_NAME_MAX - len(suffix) - 1)] + "-"
-    return DebBuild(version, prefix, (prefix + suffix)[:MODULE_NAME_MAX])
+    digest = hashlib.sha256(version.encode()).hexdigest()[:6]
+    suffix = re.sub(r"[^A-Za-z0-9]+", "-", version).strip("-") + "-" + digest
+    name = DEB_MODULE_PREFIX + suffix
+    if len(name) > MODULE_NAME_MAX:
+        raise InputError(f"--deb-version {version}: too long for a module name "
+                         f"({len(name)} of at most {MODULE_NAME_MAX} characters with its prefix)")
+    return DebBuild(version, DEB_MODULE_PREFIX, name)
 
 
 def _base_name(args: argparse.Namespace) -> str:
     if args.name:
         return args.name
     if args.debian_update:
-        return "livepatch-debian" if args.deb else f"livepatch-{args.debian_update}"
+        return f"livepatch-{args.debian_update}"
     return module_name(args.patches)
 
 
 def run_build(args: argparse.Namespace, opts: BuildOptions, logfile: Path) -> int:
     """Build (a patch or an update), print what it did, package it if asked."""
-    deb = deb_build(args, _base_name(args)) if args.deb else None
+    deb = deb_build(args) if args.deb else None
+    if deb is not None:
+        require_tool("dpkg-deb", "dpkg")  # (before the build, not after it)
     opts = replace(opts, name=deb.module if deb else _base_name(args))
     if args.debian_update:
         from pykpatch.update.driver import UpdateOptions, build_update
@@ -151,7 +170,7 @@ def run_build(args: argparse.Namespace, opts: BuildOptions, logfile: Path) -> in
         for line in text_lines(update):
             print(line)
         if update.module is None:
-            raise Refusal(summary_line(update))
+            raise Refusal(f"{summary_line(update)} (report: {update.report_path})")
         module = update.module
         lines: List[str] = [summary_line(update), f"report: {update.report_path}"]
         release, kernel_version = update.release, update.current
@@ -166,10 +185,13 @@ def run_build(args: argparse.Namespace, opts: BuildOptions, logfile: Path) -> in
         release, kernel_version = _debian_kernel(opts)
         description = (f"live patch for Linux {release}\nBuilt by pykpatch from "
                        + ", ".join(p.name for p in opts.patches) + ".")
-    if deb is not None:
-        lines.append(f"package: {_package(module, release, kernel_version, deb, description)}")
     for line in lines:
         print(line)
+    if deb is not None:
+        try:
+            print(f"package: {_package(module, release, kernel_version, deb, description)}")
+        except KpatchError as err:
+            raise type(err)(f"the module is built ({module}), but packaging it failed: {err}")
     return 0
 
 

@@ -15,6 +15,7 @@ from pykpatch.manage.host import Host
 from pykpatch.manage.install import Installed, Store
 from pykpatch.manage.modinfo import ModuleInfo, read_module_info
 from pykpatch.manage.sysfs import LiveKernel, PatchStatus
+from pykpatch.provider.archive import version_key
 
 SCHEMA = 1
 
@@ -40,7 +41,7 @@ def _releases(host: Host, store: Store) -> List[str]:
     """The running release first, then the others, newest name first."""
     others = set(store.releases()) | set(_installed_kernels(host))
     others.discard(host.release)
-    return [host.release] + sorted(others, reverse=True)
+    return [host.release] + sorted(others, key=version_key, reverse=True)
 
 
 def _installed_kernels(host: Host) -> List[str]:

@@ -13,12 +13,12 @@ import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 from pykpatch.build.module import module_name
 from pykpatch.build.pipeline import BuildOptions, BuildResult, Progress, build, resolve_target
 from pykpatch.build.target import Target, running_release
-from pykpatch.errors import InputError, Refusal
+from pykpatch.errors import InputError
 from pykpatch.provider.archive import is_debian_version, version_key
 from pykpatch.provider.debian import DebianKernel
 from pykpatch.update import changelog, plan, sources
@@ -99,7 +99,8 @@ def check_version(kernel: DebianKernel, version: str) -> str:
 # -- the whole run ----------------------------------------------------------------------------
 
 def build_update(opts: UpdateOptions, progress: Progress, logfile: Path) -> Update:
-    """Build the update's live patch; Refusal when nothing of it could be patched."""
+    """Build the update's live patch.  When nothing of it could be patched, the
+    update has no module and says why (the caller prints the report, then fails)."""
     release = opts.build.release or running_release()
     kernel = DebianKernel(release, cache=opts.build.cache)
     current = check_version(kernel, opts.version)
@@ -123,8 +124,6 @@ def build_update(opts: UpdateOptions, progress: Progress, logfile: Path) -> Upda
         update.nothing = "no changed file of this update is built by this kernel's config"
     _match_changelog(update)
     _write_report(update, opts.build.output, module_name([], _name(opts)))
-    if update.module is None:
-        raise Refusal(f"nothing of {opts.version} could be live patched: {update.nothing}")
     return update
 
 
@@ -150,8 +149,13 @@ def _build(update: Update, opts: UpdateOptions, target: Target, chosen: Sequence
         _match_changelog(update)  # (the description quotes the patched files' items)
         return description(update)
 
+    def together(left_out: Set[str]) -> Set[str]:
+        return {o.obj for f in chosen if any(o.obj in left_out for o in f.objects)
+                for o in f.objects}
+
     build_opts = replace(opts.build, release=update.release, name=_name(opts), partial=True,
-                         patches=[f.patch for f in chosen if f.patch], describe=describe)
+                         patches=[f.patch for f in chosen if f.patch], describe=describe,
+                         together=together)
     result = build(build_opts, progress, logfile, target=target)
     update.result = result
     _settle(update, chosen, target, result.reports, result.left_out)
@@ -159,6 +163,9 @@ def _build(update: Update, opts: UpdateOptions, target: Target, chosen: Sequence
     update.report_path = result.report_path
     if result.module is None:
         update.nothing = result.nothing
+        for f in chosen:
+            if f.status == plan.PATCHED:  # (nothing of it is in a module)
+                f.status, f.why = plan.REFUSED, result.nothing
     else:
         update.combined_patch = _combined_patch(update, result.module)
 

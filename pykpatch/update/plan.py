@@ -32,7 +32,9 @@ DELETED_FILE = "deleted-file"
 OTHER = "other"                # documentation, tools, scripts: not kernel code
 EXCLUDED = "excluded"          # left out by --only/--exclude
 # Kernel code of the update that a module does not have (its build is then partial).
-LEFT_OUT = (REFUSED, NEEDS_COMMIT, HEADER, NEW_FILE, DELETED_FILE, UNPATCHABLE_FILE)
+LEFT_OUT = (REFUSED, NEEDS_COMMIT, HEADER, NEW_FILE, DELETED_FILE, UNPATCHABLE_FILE, EXCLUDED)
+# Trees of the source package that are not the kernel (build helpers, tools, docs).
+_NOT_KERNEL = ("Documentation/", "tools/", "scripts/", "samples/", "LICENSES/", "usr/gen_init")
 STATUS_ORDER = [PATCHED, REFUSED, NEEDS_COMMIT, NO_CHANGE, CANDIDATE, HEADER, NEW_FILE,
                 DELETED_FILE, UNPATCHABLE_FILE, NOT_BUILT, EXCLUDED, OTHER]
 
@@ -102,13 +104,16 @@ def plan_changes(changes: ChangedFiles, index: ObjectIndex, selection: Selection
 
 def _modified(path: str, index: ObjectIndex, selection: Selection, jobs: int) -> FileChange:
     kind = TouchedFile(path, False, False).kind
-    if kind == "other" and not _kernel_build_file(path):
+    if _not_kernel_code(path):
         return FileChange(path, OTHER, "not kernel code")
     if not selection.picks(path):
         return FileChange(path, EXCLUDED, "left out by --only/--exclude")
     for pattern, why in UNPATCHABLE:
         if pattern.search(path):
             return FileChange(path, UNPATCHABLE_FILE, why)
+    if kind == "other" and not _kernel_build_file(path):
+        return FileChange(path, UNPATCHABLE_FILE, "not C source (generated into C, another "
+                                                  "language, or data): needs the new kernel")
     if kind == "header" and not selection.named(path):
         return FileChange(path, HEADER, "a header: not built unless named with --only, since "
                                         "every object that includes it is compiled and diffed")
@@ -116,6 +121,10 @@ def _modified(path: str, index: ObjectIndex, selection: Selection, jobs: int) ->
     if not objects:
         return FileChange(path, NOT_BUILT, "this kernel's config does not compile it")
     return FileChange(path, CANDIDATE, "", objects)
+
+
+def _not_kernel_code(path: str) -> bool:
+    return path.startswith(_NOT_KERNEL) or path.rsplit("/", 1)[-1].startswith(".")
 
 
 def _kernel_build_file(path: str) -> bool:
@@ -132,7 +141,7 @@ def _built_into(path: str, index: ObjectIndex, jobs: int) -> List[KernelObject]:
 
 
 def _added_or_deleted(path: str, status: str, selection: Selection) -> FileChange:
-    if TouchedFile(path, False, False).kind == "other" and not _kernel_build_file(path):
+    if _not_kernel_code(path):
         return FileChange(path, OTHER, "not kernel code")
     if not selection.picks(path):
         return FileChange(path, EXCLUDED, "left out by --only/--exclude")

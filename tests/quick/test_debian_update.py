@@ -105,14 +105,16 @@ def test_every_changed_file_gets_a_status():
     changes = sources.ChangedFiles(
         modified=["fs/ext4/mballoc.c", "kernel/sched/rt.c", "drivers/gpu/nouveau/x.c",
                   "include/linux/fs.h", "arch/x86/entry/entry_64.S", "net/Kconfig",
-                  "Documentation/a.rst", "tools/perf/builtin.c"],
+                  "Documentation/a.rst", "tools/perf/builtin.c",
+                  "crypto/asymmetric_keys/x509.asn1"],
         added=["fs/new.c"], deleted=["fs/old.c"])
     statuses = {f.path: f.status for f in plan.plan_changes(changes, index, Selection())}
     assert statuses == {
         "fs/ext4/mballoc.c": plan.CANDIDATE, "kernel/sched/rt.c": plan.CANDIDATE,
         "drivers/gpu/nouveau/x.c": plan.NOT_BUILT, "include/linux/fs.h": plan.HEADER,
         "arch/x86/entry/entry_64.S": plan.UNPATCHABLE_FILE, "net/Kconfig": plan.UNPATCHABLE_FILE,
-        "Documentation/a.rst": plan.OTHER, "tools/perf/builtin.c": plan.NOT_BUILT,
+        "Documentation/a.rst": plan.OTHER, "tools/perf/builtin.c": plan.OTHER,
+        "crypto/asymmetric_keys/x509.asn1": plan.UNPATCHABLE_FILE,
         "fs/new.c": plan.NEW_FILE, "fs/old.c": plan.DELETED_FILE,
     }
 
@@ -230,6 +232,8 @@ def test_files_not_built_or_not_kernel_code_do_not_make_a_patch_partial():
     update = _update([patched, FileChange("drivers/x.c", plan.NOT_BUILT),
                       FileChange("Documentation/y.rst", plan.OTHER)])
     assert not update.partial
+    excluded = _update([patched, FileChange("fs/ext4/mballoc.c", plan.EXCLUDED)])
+    assert excluded.partial and "PARTIAL" in report.summary_line(excluded)
 
 
 def _source_deb(tmp_path: Path, version: str, files: Dict[str, str]) -> Path:
@@ -289,11 +293,31 @@ def test_options_that_do_not_go_together_are_refused(argv, message, capsys):
 
 
 def test_every_deb_build_names_its_module_after_its_version():
-    args = kpatch_build.build_parser().parse_args(["--debian-update", "6.1.192-3", "--deb",
-                                                   "--deb-version", "6.1.192-3+2"])
-    deb = kpatch_build.deb_build(args, "livepatch-debian")
-    assert deb == kpatch_build.DebBuild("6.1.192-3+2", "livepatch-debian-",
-                                        "livepatch-debian-6-1-192-3-2")
-    default = kpatch_build.deb_build(kpatch_build.build_parser().parse_args(
-        ["--deb", "x.patch"]), "livepatch-x")
-    assert default.version.startswith("0+") and default.module.startswith("livepatch-x-0-")
+    def build(*argv):
+        return kpatch_build.deb_build(kpatch_build.build_parser().parse_args(list(argv)))
+
+    deb = build("--debian-update", "6.1.192-3", "--deb", "--deb-version", "6.1.192-3+2")
+    assert deb.version == "6.1.192-3+2" and deb.module_prefix == "livepatch-deb-"
+    assert deb.module.startswith("livepatch-deb-6-1-192-3-2-")
+    # versions that read alike still name different modules
+    assert build("--deb", "--deb-version", "1.0+1", "x").module != \
+        build("--deb", "--deb-version", "1.0.1", "x").module
+    default = build("--deb", "x.patch")
+    assert default.version.startswith("0+") and default.module.startswith("livepatch-deb-0-")
+    with pytest.raises(InputError, match="too long for a module name"):
+        build("--deb", "--deb-version", "1." + "2" * 60, "x")
+
+
+def test_the_deb_module_name_and_atomic_replace_are_not_for_the_user_to_change(capsys):
+    for extra in (["-n", "mine"], ["-R"]):
+        assert kpatch_build.main(["--deb", *extra, "x.patch"]) == 2
+        assert "leave out -n and -R" in capsys.readouterr().err
+
+
+def test_objects_carrying_one_change_are_left_out_together():
+    from pykpatch.build.pipeline import _leave_out_together
+    groups = [{"fs/a.o", "fs/b.o"}, {"fs/b.o", "fs/c.o"}, {"fs/d.o"}]
+    left_out = {"fs/a.o": ["refused"]}
+    _leave_out_together(left_out, lambda out: {o for g in groups if g & out for o in g})
+    assert sorted(left_out) == ["fs/a.o", "fs/b.o", "fs/c.o"]
+    assert left_out["fs/c.o"] == ["left out with the other objects of the same changed file"]

@@ -491,3 +491,13 @@ def test_lintian_finds_no_errors(deb: Path) -> None:
     errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
     assert errors == [], proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prerm_remove_also_unloads_an_earlier_build_still_loaded(machine: Machine) -> None:
+    # An upgrade whose load failed leaves the old build applied: removing the
+    # package must not leave it behind.
+    machine.loaded(NAME, enabled="1")
+    machine.loaded("livepatch_fix_1", enabled="1")
+    machine.loaded("livepatch_fixer", taint="OE")      # not a livepatch: left alone
+    assert machine.run("prerm", "remove").returncode == 0
+    assert machine.calls() == [f"kpatch unload {NAME}", "kpatch unload livepatch_fix_1"]
