@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from pykpatch.errors import KpatchError
-from pykpatch.process import run
+from pykpatch.process import require_tool, run
 from pykpatch.provider.debian import DebianKernel
 
 log = logging.getLogger("pykpatch")
@@ -67,6 +67,9 @@ def sources_dir(kernel: DebianKernel) -> Path:
 
 def source_version(kernel: DebianKernel, version: str) -> SourceVersion:
     """*version* of the kernel's ``linux-source`` package, downloaded if needed."""
+    for tool, package in (("dpkg-deb", "dpkg"), ("xz", "xz-utils"), ("tar", "tar"),
+                          ("diff", "diffutils")):
+        require_tool(tool, package)
     package = kernel.release.package_names()["source"]
     if version == kernel.packages.versions["source"]:
         deb = kernel.deb("source")
@@ -105,9 +108,12 @@ def _extract_from_deb(deb: Path, member: str, dest: Path) -> None:
                              stderr=subprocess.DEVNULL)
         assert fsys.stdout is not None
         fsys.stdout.close()
-        fsys.wait()
-    if tar.returncode != 0:
+        unpacked = fsys.wait()
+    if unpacked != 0 or tar.returncode != 0:
         tmp.unlink()
+        if unpacked != 0 and tar.returncode != 0:
+            raise KpatchError(f"{deb} cannot be read (a damaged download? delete it to fetch "
+                              "it again)")
         raise KpatchError(f"{deb.name} has no {member}")
     tmp.rename(dest)
 
@@ -123,15 +129,22 @@ def member_hashes(source: SourceVersion) -> Dict[str, str]:
     log.info("hashing the files of %s (once)", tarball.name)
     hashes = {}
     xz = subprocess.Popen(["xz", "-dc", str(tarball)], stdout=subprocess.PIPE)
-    with tarfile.open(fileobj=xz.stdout, mode="r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            f = tar.extractfile(info)
-            assert f is not None
-            hashes[info.name.split("/", 1)[1]] = hashlib.sha1(f.read()).hexdigest()
+    try:
+        with tarfile.open(fileobj=xz.stdout, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                f = tar.extractfile(info)
+                assert f is not None
+                hashes[info.name.split("/", 1)[1]] = hashlib.sha1(f.read()).hexdigest()
+    except tarfile.TarError as err:
+        xz.kill()
+        xz.wait()
+        tarball.unlink()
+        raise KpatchError(f"{tarball.name} is damaged ({err}); removed, run again") from None
     if xz.wait() != 0:
-        raise KpatchError(f"xz could not decompress {tarball}")
+        tarball.unlink()
+        raise KpatchError(f"xz could not decompress {tarball.name}; removed, run again")
     tmp = cached.with_name(cached.name + ".tmp")
     tmp.write_text(json.dumps(hashes, sort_keys=True))
     tmp.replace(cached)

@@ -321,3 +321,12 @@ def test_objects_carrying_one_change_are_left_out_together():
     _leave_out_together(left_out, lambda out: {o for g in groups if g & out for o in g})
     assert sorted(left_out) == ["fs/a.o", "fs/b.o", "fs/c.o"]
     assert left_out["fs/c.o"] == ["left out with the other objects of the same changed file"]
+
+
+def test_a_damaged_cached_tarball_is_one_line_and_removed(tmp_path):
+    from pykpatch.errors import KpatchError
+    source = sources.SourceVersion("linux-source-6.1", "6.1.192-3", tmp_path / "none.deb", tmp_path)
+    source.tarball.write_bytes(b"\xfd7zXZ\x00 not really xz")
+    with pytest.raises(KpatchError, match="removed, run again"):
+        sources.member_hashes(source)
+    assert not source.tarball.exists()
