@@ -122,7 +122,7 @@ def build_update(opts: UpdateOptions, progress: Progress, logfile: Path) -> Upda
         _build(update, opts, target, chosen, progress, logfile)
     else:
         update.nothing = "no changed file of this update is built by this kernel's config"
-    _match_changelog(update)
+        _match_changelog(update)
     _write_report(update, opts.build.output, module_name([], _name(opts)))
     return update
 
@@ -158,7 +158,11 @@ def _build(update: Update, opts: UpdateOptions, target: Target, chosen: Sequence
                          together=together)
     result = build(build_opts, progress, logfile, target=target)
     update.result = result
-    _settle(update, chosen, target, result.reports, result.left_out)
+    if result.module is None:
+        # (with a module, describe() settled and matched the same reports already;
+        # settling runs gcc -M per uncompiled object, matching every changelog item)
+        _settle(update, chosen, target, result.reports, result.left_out)
+        _match_changelog(update)
     update.module = result.module
     update.report_path = result.report_path
     if result.module is None:
