@@ -1,6 +1,6 @@
 """The pieces of ``kpatch-build --debian-update`` that need no kernel: the changelog,
 the plan of what a changed file is, the version checks, a compile that keeps going,
-and the report.  The real updates are built and loaded in tests/vm/test_debian_update.py."""
+and the report.  The real updates are built and loaded in tests/vm/test_debian_update_vm.py."""
 
 import gzip
 import io
