@@ -371,6 +371,7 @@ def klp_phase(bench: Bench, results: Results, entries: List[BenchPatch], redo: b
     started = time.monotonic()
     if cold and bench.klp_tmp.exists():
         shutil.rmtree(bench.klp_tmp)
+    undo_killed_run(bench)
     for i, entry in enumerate(todo, 1):
         result = klp_one(bench, entry, jobs)
         results.get(entry.name)["klp"] = result
@@ -380,6 +381,28 @@ def klp_phase(bench: Bench, results: Results, entries: List[BenchPatch], redo: b
                  result["decision"], duration(result["seconds"]),
                  f": {result['message']}" if result["message"] else "")
     results.record_run("klp", time.monotonic() - started, len(todo))
+
+
+def undo_killed_run(bench: Bench) -> None:
+    """Put the tree back as a klp-build killed hard (SIGKILL, the session's end) left it.
+
+    Its exit trap, which never ran, would have reversed its patches (the copies with
+    #line markers it writes as ``klp-tmp/NNNN-fixed-*.patch``) and moved its stashed
+    files (``scripts/setlocalversion``) back.  Without this the next run applies a
+    patch to a tree that already has one and builds a kernel named by the old stash."""
+    stash = bench.klp_tmp / "stash"
+    stashed = [p for p in stash.rglob("*") if p.is_file()] if stash.is_dir() else []
+    if not stashed:
+        return
+    for fixed in sorted(bench.klp_tmp.glob("[0-9]*-fixed-*.patch"), reverse=True):
+        reverse = ["patch", "-p1", "-R", "-s", "-f", "-i", str(fixed)]
+        if run([*reverse, "--dry-run"], cwd=bench.tree, check=False).returncode == 0:
+            run(reverse, cwd=bench.tree)
+            log.warning("klp: a killed run left %s applied; reversed", fixed.name)
+    for saved in stashed:
+        target = bench.tree / saved.relative_to(stash)
+        shutil.move(str(saved), str(target))
+        log.warning("klp: a killed run left %s edited; restored", target.relative_to(bench.tree))
 
 
 def klp_one(bench: Bench, entry: BenchPatch, jobs: int) -> dict:
