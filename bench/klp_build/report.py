@@ -5,6 +5,7 @@ import time
 from typing import List, Optional
 
 from common import REPO, machine
+from analysis import ANALYSIS
 from patches import MODULE, BenchPatch
 
 # The tools, as results.json and the report name them.
@@ -71,8 +72,9 @@ def disagreements(entries: List[BenchPatch], data: dict) -> List[str]:
             why.append(f"guest: klp-build {guest_cell(loads.get('klp'))}, "
                        f"pykpatch {guest_cell(loads.get('pykpatch'))}")
         if why:
-            found.append(f"### {entry.name}\n\n" + "\n".join(f"- {w}" for w in why)
-                         + "\n\n_Analysis: to be written._\n")
+            found.append(f"### {entry.name}\n\n" + "\n".join(f"- {w}" for w in why) + "\n\n"
+                         + ANALYSIS.get(entry.name, "_Not analysed yet (bench/klp_build/analysis.py)._")
+                         + "\n")
     return found
 
 
