@@ -365,6 +365,7 @@ def klp_phase(bench: Bench, results: Results, entries: List[BenchPatch], redo: b
     if not results.data.get("prepare", {}).get("ok"):
         raise KpatchError("klp-build's tree is not ready: run 'prepare' first (and read what it says)")
     todo = [e for e in entries if redo or "klp" not in results.get(e.name)]
+    reclassify_klp(bench, results, [e for e in entries if e not in todo])
     log.info("klp: %d patch(es) to build", len(todo))
     if not todo:
         return
@@ -381,6 +382,26 @@ def klp_phase(bench: Bench, results: Results, entries: List[BenchPatch], redo: b
                  result["decision"], duration(result["seconds"]),
                  f": {result['message']}" if result["message"] else "")
     results.record_run("klp", time.monotonic() - started, len(todo))
+
+
+def reclassify_klp(bench: Bench, results: Results, done: List[BenchPatch]) -> None:
+    """Take each kept run's decision again from its whole log, so that what klp_decision
+    learns (a refusal message it did not know) applies to runs made before."""
+    changed = False
+    for entry in done:
+        result = results.get(entry.name)["klp"]
+        logfile = bench.logs / f"klp-{entry.name}.log"
+        if not logfile.is_file() or result["message"] == "timed out":
+            continue
+        decision, message = klp_decision(result["rc"], logfile.read_text(errors="replace"),
+                                         Path(result.get("module", "")).is_file(), False)
+        if (decision, message) != (result["decision"], result["message"]):
+            log.info("klp: %s: %s, no longer %s (its log read again)", entry.name, decision,
+                     result["decision"])
+            result.update(decision=decision, message=message)
+            changed = True
+    if changed:
+        results.save()
 
 
 def undo_killed_run(bench: Bench) -> None:
@@ -433,7 +454,8 @@ def klp_one(bench: Bench, entry: BenchPatch, jobs: int) -> dict:
 
 # klp-build's and objtool's words for what they do not live patch.
 _KLP_REFUSALS = ("unsupported patch to", "changed data:", "unsupported static branch key",
-                 "unsupported static call key", "would create an undeclared module dependency")
+                 "unsupported static call key", "would create an undeclared module dependency",
+                 "can't patch or reference init code")
 _KLP_SETUP = ("not enabled", "not supported", "not built with KLP support", "recountdiff not found",
               "please run from the kernel root", ".config mismatch", "requires bash")
 
