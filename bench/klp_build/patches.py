@@ -40,16 +40,84 @@ MEMINFO_SWAP = ("awk '/^SwapTotal:/ {t = $2} /^PykpatchSwap:/ {p = $2; s = 1} "
                 "END {print (s && p == t) ? \"PykpatchSwap ok\" : \"no PykpatchSwap\"}' /proc/meminfo")
 
 
+# The harm a layout change does to what the kernel already holds: a daemon
+# in the guest keeps one inotify instance watching a directory and, each time
+# it is asked, reads the events queued since the last time and queues the next
+# one (creates f<N>).  The event the check run while the patch is enabled reads
+# was queued, with the old struct inotify_event_info, before the patch loaded.
+INOTIFY_PROBE_DIR = "/tmp/inotify-probe"
+INOTIFY_PROBE = r"""
+import ctypes, os, re, struct, time
+DIR = "/tmp/inotify-probe"
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(os.O_NONBLOCK)
+wd = libc.inotify_add_watch(fd, DIR.encode(), 0x100)  # IN_CREATE
+made = 0
+open(f"{DIR}/f{made}", "w").close()
+
+
+def read_events():
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return "probe BROKEN: no event queued"
+    except OSError as err:
+        return f"probe BROKEN: read failed with errno {err.errno}"
+    seen, at = [], 0
+    while at + 16 <= len(data):
+        ev_wd, mask, cookie, size = struct.unpack_from("iIII", data, at)
+        name = data[at + 16:at + 16 + size].split(b"\0")[0].decode(errors="replace")
+        at += 16 + size
+        if ev_wd != wd or not re.fullmatch(r"f\d+", name):
+            return f"probe BROKEN: event wd={ev_wd} mask={mask:#x} cookie={cookie} len={size} name={name!r}"
+        seen.append(name)
+    return "probe ok: " + " ".join(seen)
+
+
+while True:
+    if os.path.exists(DIR + ".req"):
+        os.unlink(DIR + ".req")
+        answer = read_events()
+        made += 1
+        open(f"{DIR}/f{made}", "w").close()
+        with open(DIR + ".tmp", "w") as out:
+            out.write(answer + "\n")
+        os.rename(DIR + ".tmp", DIR + ".out")
+    time.sleep(0.05)
+"""
 @dataclass(frozen=True)
 class Behaviour:
     """A shell command run in the guest before loading the patch, while it
-    is enabled and after it is unloaded: *expect* must be in its output while
-    enabled, and only then."""
+    is enabled and after it is unloaded.  A fix (*keeps* false): *expect*
+    must be in its output while enabled, and only then.  A check that the
+    patch breaks nothing the kernel already holds (*keeps* true): *expect*
+    must be in all three outputs."""
 
     command: str
     expect: str
     setup: str = ""      # before the first run of the command (as root, in the guest)
     teardown: str = ""   # after the last
+    keeps: bool = False
+
+    def behaves(self, outputs: dict) -> Optional[bool]:
+        """Whether the three outputs are right; None unless all three ran."""
+        if not {"before", "enabled", "after"} <= set(outputs):
+            return None
+        if self.keeps:
+            return all(self.expect in outputs[k] for k in ("before", "enabled", "after"))
+        return (self.expect not in outputs["before"] and self.expect in outputs["enabled"]
+                and self.expect not in outputs["after"])
+
+
+INOTIFY_QUEUED_EVENT = Behaviour(
+    command=(f"rm -f {INOTIFY_PROBE_DIR}.out; touch {INOTIFY_PROBE_DIR}.req; "
+             f"for i in $(seq 100); do [ -f {INOTIFY_PROBE_DIR}.out ] && break; sleep 0.1; done; "
+             f"cat {INOTIFY_PROBE_DIR}.out"),
+    expect="probe ok",
+    setup=(f"mkdir -p {INOTIFY_PROBE_DIR} && cat > {INOTIFY_PROBE_DIR}.py <<'PROBE'{INOTIFY_PROBE}PROBE\n"
+           f"setsid python3 {INOTIFY_PROBE_DIR}.py </dev/null >/dev/null 2>&1 & sleep 1"),
+    teardown=f"pkill -f {INOTIFY_PROBE_DIR}.py; rm -rf {INOTIFY_PROBE_DIR}*",
+    keeps=True)
 
 
 @dataclass(frozen=True)
@@ -89,7 +157,9 @@ PATCHES: List[BenchPatch] = [
     BenchPatch("init-function-FAIL", "init-function-FAIL.patch", REFUSED, "refusal",
                note="changes proc_cmdline_init(), an __init function (gone after boot)"),
     BenchPatch("struct-layout-FAIL", "struct-layout-FAIL.patch", REFUSED, "refusal",
-               note="adds a member to struct inotify_event_info"),
+               INOTIFY_QUEUED_EVENT,
+               note="adds a member to struct inotify_event_info; the guest check reads, while "
+                    "the patch is enabled, an inotify event queued before it loaded"),
     BenchPatch("fix-task_mmu", "fs-proc-task_mmu.patch", MODULE, "real fix",
                Behaviour(PAGEMAP_UNKNOWN_IOCTL, "errno 25"),
                note="do_pagemap_cmd(): -ENOTTY for unknown pagemap ioctls"),

@@ -755,10 +755,7 @@ class Exercise:
 
     def result(self, errors: List[str]) -> dict:
         b = self.entry.behaviour
-        behaves = None
-        if b is not None and {"before", "enabled", "after"} <= set(self.outputs):
-            behaves = (b.expect not in self.outputs["before"] and b.expect in self.outputs["enabled"]
-                       and b.expect not in self.outputs["after"])
+        behaves = b.behaves(self.outputs) if b is not None else None
         return {"outcome": "load-error" if errors else "loaded", "behaves": behaves,
                 "errors": errors, "outputs": self.outputs, "bad_dmesg": self.bad[:20],
                 "steps": self.steps[-40:]}
