@@ -116,8 +116,70 @@ INOTIFY_QUEUED_EVENT = Behaviour(
     expect="probe ok",
     setup=(f"mkdir -p {INOTIFY_PROBE_DIR} && cat > {INOTIFY_PROBE_DIR}.py <<'PROBE'{INOTIFY_PROBE}PROBE\n"
            f"setsid python3 {INOTIFY_PROBE_DIR}.py </dev/null >/dev/null 2>&1 & sleep 1"),
-    teardown=f"pkill -f {INOTIFY_PROBE_DIR}.py; rm -rf {INOTIFY_PROBE_DIR}*",
+    # (the pattern must not match this shell's own command line)
+    teardown=f"pkill -f '{INOTIFY_PROBE_DIR}[.]py'; rm -rf {INOTIFY_PROBE_DIR}*",
     keeps=True)
+
+
+# Checks that a patched function still does its work (the fix itself cannot be
+# seen from user space): traffic on an established TCP connection goes through
+# __inet_lookup_established(); buffered and O_DIRECT writes to a FAT file system
+# go through fat_write_begin/end() and fat_direct_IO().
+TCP_ECHO = """python3 -c '
+import socket
+srv = socket.create_server(("127.0.0.1", 0))
+cli = socket.create_connection(srv.getsockname())
+conn, _ = srv.accept()
+for i in range(200):
+    cli.sendall(b"x" * 100)
+    got = b""
+    while len(got) < 100:
+        got += conn.recv(100 - len(got))
+print("tcp ok" if got == b"x" * 100 else "tcp BROKEN")
+'"""
+
+# The guest boots without networking: bring up lo (it has no ip(8)).
+LOOPBACK_UP = """python3 -c '
+import fcntl, socket, struct
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 1
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0)))[1]
+fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+'"""
+
+# A blank 1.44 MB FAT12 floppy (the guest has no mkfs.vfat): boot sector with its
+# BIOS parameter block, two FATs of 9 sectors, 224 root entries.
+FAT_IMAGE = "/tmp/fat.img"
+FAT_MAKE = f"""python3 -c '
+import struct
+boot = bytearray(512)
+boot[0:3] = b"\\xeb\\x3c\\x90"
+boot[3:11] = b"PYKPATCH"
+struct.pack_into("<HBHBHHBHHHII", boot, 11, 512, 1, 1, 2, 224, 2880, 0xF0, 9, 18, 2, 0, 0)
+boot[38] = 0x29
+boot[43:54] = b"NO NAME    "
+boot[54:62] = b"FAT12   "
+boot[510:512] = b"\\x55\\xaa"
+img = bytearray(2880 * 512)
+img[0:512] = boot
+for fat in (1, 10):
+    img[fat * 512:fat * 512 + 3] = b"\\xf0\\xff\\xff"
+open("{FAT_IMAGE}", "wb").write(img)
+'"""
+FAT_WRITE = """python3 -c '
+import mmap, os
+data = os.urandom(64 * 1024)
+with open("/mnt/fat/buffered", "wb") as f:
+    f.write(data)
+buf = mmap.mmap(-1, 8192)
+buf.write(data[:8192])
+fd = os.open("/mnt/fat/direct", os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+os.write(fd, buf)
+os.close(fd)
+os.system("sync; echo 3 > /proc/sys/vm/drop_caches")
+same = open("/mnt/fat/buffered", "rb").read() == data and open("/mnt/fat/direct", "rb").read() == data[:8192]
+print("fat ok" if same else "fat BROKEN")
+'"""
 
 
 @dataclass(frozen=True)
@@ -164,8 +226,13 @@ PATCHES: List[BenchPatch] = [
                Behaviour(PAGEMAP_UNKNOWN_IOCTL, "errno 25"),
                note="do_pagemap_cmd(): -ENOTTY for unknown pagemap ioctls"),
     BenchPatch("fix-inet_hashtables", "net-ipv4-inet_hashtables.patch", MODULE, "real fix",
+               Behaviour(TCP_ECHO, "tcp ok", setup=LOOPBACK_UP, keeps=True),
                note="__inet_lookup_established(): acquire ordering of the socket refcount"),
-    BenchPatch("fix-fat-inode", "fs-fat-inode.patch", MODULE, "real fix", targets=("fat",),
+    BenchPatch("fix-fat-inode", "fs-fat-inode.patch", MODULE, "real fix",
+               Behaviour(f"rm -f /mnt/fat/*; {FAT_WRITE}", "fat ok",
+                         setup=f"{FAT_MAKE} && modprobe loop && mkdir -p /mnt/fat && mount -o loop -t vfat {FAT_IMAGE} /mnt/fat",
+                         teardown=f"umount /mnt/fat; rm -f {FAT_IMAGE}; modprobe -r vfat", keeps=True),
+               targets=("fat",),
                note="fat_write_failed() (module fat): hold truncate_lock"),
 ]
 

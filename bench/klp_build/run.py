@@ -84,6 +84,7 @@ WARM_TIMEOUT = 2 * 3600      # seconds: a later klp-build run (-S patched)
 PYKPATCH_TIMEOUT = 1800      # seconds per kpatch-build
 TRANSITION_TIMEOUT = 30      # seconds for a patch transition in the guest
 OUTPUT_TAIL = 60             # lines of output kept per run
+DMESG_BEFORE, DMESG_AFTER = 4, 16   # guest dmesg kept around the first bad line
 BAD_DMESG = ("Call Trace", "BUG:", "WARNING:", "Oops", "general protection", "livepatch: failed",
              "kernel BUG", "Unknown symbol", "disagrees about version", "invalid module format")
 # Taint a locally built livepatch module brings by itself: O (12), E (13), K (15).
@@ -722,6 +723,8 @@ class Exercise:
         self.steps: List[str] = []
         self.outputs: Dict[str, str] = {}
         self.bad: List[str] = []
+        self.dmesg_excerpt: List[str] = []
+        self.loaded = False
         self.dirty = False
 
     def sh(self, cmd: str, timeout: float = 60) -> "tuple[bool, str]":
@@ -742,8 +745,12 @@ class Exercise:
         if not errors:
             errors = self.cycle()
         self.teardown()
-        dmesg = self.sh("dmesg")[1]
-        self.bad = [l for l in dmesg.splitlines() if any(b in l for b in BAD_DMESG)]
+        dmesg = self.sh("dmesg")[1].splitlines()
+        bad_at = [i for i, l in enumerate(dmesg) if any(b in l for b in BAD_DMESG)]
+        self.bad = [dmesg[i] for i in bad_at]
+        if bad_at:
+            # the kernel's own words before the first bad line (usercopy:, livepatch:...) say why
+            self.dmesg_excerpt = dmesg[max(0, bad_at[0] - DMESG_BEFORE):bad_at[0] + DMESG_AFTER]
         new_taint = (self.taint() & ~taint) & ~EXPECTED_TAINT
         if self.bad:
             errors.append("dmesg: " + " | ".join(self.bad[:6]))
@@ -756,9 +763,18 @@ class Exercise:
     def result(self, errors: List[str]) -> dict:
         b = self.entry.behaviour
         behaves = b.behaves(self.outputs) if b is not None else None
-        return {"outcome": "load-error" if errors else "loaded", "behaves": behaves,
+        return {"outcome": self.outcome(errors), "behaves": behaves,
                 "errors": errors, "outputs": self.outputs, "bad_dmesg": self.bad[:20],
-                "steps": self.steps[-40:]}
+                "dmesg_excerpt": self.dmesg_excerpt, "steps": self.steps[-40:]}
+
+    def outcome(self, errors: List[str]) -> str:
+        """'loaded' (and unloaded, all clean), 'not loaded', or 'trouble' (it loaded, then
+        the kernel complained, a transition stuck or rmmod failed)."""
+        if not errors:
+            return "loaded"
+        if self.loaded:
+            return "trouble"
+        return "not loaded"
 
     def setup(self) -> List[str]:
         for target in self.entry.targets:
@@ -777,6 +793,7 @@ class Exercise:
         ok, out = self.sh(f"insmod {remote}")
         if not ok:
             return [f"insmod failed: {out[-300:]}"]
+        self.loaded = True
         errors = []
         if not self.wait(f"[ $(cat {self.sysfs}/transition) = 0 ]"):
             errors.append(f"the transition did not finish within {TRANSITION_TIMEOUT} s")
