@@ -102,3 +102,33 @@ def test_the_inotify_probe_reads_each_event_queued_before_it_was_asked():
 def test_every_bench_patch_file_exists(name):
     entry = patches.select([name])[0]
     assert entry.path(run.BACKPORTS_7_RELEASE).is_file()
+
+
+class _Tree:
+    """What undo_killed_run() reads of a Bench: the tree and its klp-tmp."""
+
+    def __init__(self, root: Path) -> None:
+        self.tree = root
+        self.klp_tmp = root / "klp-tmp"
+
+
+def test_a_run_killed_hard_is_undone_before_the_next(tmp_path):
+    # What klp-build leaves after SIGKILL: its #line copy of the patch applied, and
+    # setlocalversion edited with the original in klp-tmp/stash.
+    tree = _Tree(tmp_path)
+    (tmp_path / "fs").mkdir()
+    (tmp_path / "scripts").mkdir()
+    original = "int a;\nint b;\n"
+    (tmp_path / "fs" / "x.c").write_text("int a;\nint pykpatch;\n#line 2\nint b;\n")
+    (tmp_path / "scripts" / "setlocalversion").write_text("#!/bin/sh\necho 7.3.4; exit 0\n")
+    stash = tree.klp_tmp / "stash" / "scripts"
+    stash.mkdir(parents=True)
+    (stash / "setlocalversion").write_text("#!/bin/sh\n# the original\n")
+    (tree.klp_tmp / "0001-fixed-x.patch").write_text(
+        "--- a/fs/x.c\n+++ b/fs/x.c\n@@ -1,2 +1,4 @@\n int a;\n+int pykpatch;\n+#line 2\n int b;\n")
+    run.undo_killed_run(tree)
+    assert (tmp_path / "fs" / "x.c").read_text() == original
+    assert (tmp_path / "scripts" / "setlocalversion").read_text() == "#!/bin/sh\n# the original\n"
+    assert not (stash / "setlocalversion").exists()
+    run.undo_killed_run(tree)  # nothing stashed: a no-op
+    assert (tmp_path / "fs" / "x.c").read_text() == original
