@@ -61,7 +61,13 @@ def decision_cell(build: Optional[dict]) -> str:
         return "not run"
     if build["decision"] == MODULE or not build.get("message"):
         return build["decision"]
-    return f"{build['decision']} ({cell_text(build['message'], 100)})"
+    return f"{build['decision']} ({cell_text(reason(build['message']), 100)})"
+
+
+def reason(message: str) -> str:
+    """The first line of *message* that says something: not a heading ending in ':'."""
+    lines = [l.strip().lstrip("- ") for l in message.splitlines() if l.strip()]
+    return next((l for l in lines if not l.endswith(":")), message)
 
 
 def cell_text(text: str, limit: int) -> str:

@@ -132,3 +132,10 @@ def test_a_run_killed_hard_is_undone_before_the_next(tmp_path):
     assert not (stash / "setlocalversion").exists()
     run.undo_killed_run(tree)  # nothing stashed: a no-op
     assert (tmp_path / "fs" / "x.c").read_text() == original
+
+
+def test_a_refusal_cell_shows_the_reason_not_the_headings():
+    message = ("the patch cannot be live patched:\nfs/proc/cmdline.o: cannot live patch this object "
+               "(1 problem):\n  - proc_cmdline_init: changed __init code in .init.text")
+    cell = report.decision_cell({"decision": "refused", "message": message})
+    assert cell == "refused (proc_cmdline_init: changed __init code in .init.text)"
