@@ -114,7 +114,8 @@ INOTIFY_QUEUED_EVENT = Behaviour(
              f"for i in $(seq 100); do [ -f {INOTIFY_PROBE_DIR}.out ] && break; sleep 0.1; done; "
              f"cat {INOTIFY_PROBE_DIR}.out"),
     expect="probe ok",
-    setup=(f"mkdir -p {INOTIFY_PROBE_DIR} && cat > {INOTIFY_PROBE_DIR}.py <<'PROBE'{INOTIFY_PROBE}PROBE\n"
+    setup=(f"rm -rf {INOTIFY_PROBE_DIR}*; mkdir -p {INOTIFY_PROBE_DIR} && "
+           f"cat > {INOTIFY_PROBE_DIR}.py <<'PROBE'{INOTIFY_PROBE}PROBE\n"
            f"setsid python3 {INOTIFY_PROBE_DIR}.py </dev/null >/dev/null 2>&1 & sleep 1"),
     # (the pattern must not match this shell's own command line)
     teardown=f"pkill -f '{INOTIFY_PROBE_DIR}[.]py'; rm -rf {INOTIFY_PROBE_DIR}*",
@@ -230,7 +231,8 @@ PATCHES: List[BenchPatch] = [
                note="__inet_lookup_established(): acquire ordering of the socket refcount"),
     BenchPatch("fix-fat-inode", "fs-fat-inode.patch", MODULE, "real fix",
                Behaviour(f"rm -f /mnt/fat/*; {FAT_WRITE}", "fat ok",
-                         setup=f"{FAT_MAKE} && modprobe loop && mkdir -p /mnt/fat && mount -o loop -t vfat {FAT_IMAGE} /mnt/fat",
+                         setup=f"{FAT_MAKE} && modprobe loop && mkdir -p /mnt/fat && "
+                               f"mount -o loop -t vfat {FAT_IMAGE} /mnt/fat",
                          teardown=f"umount /mnt/fat; rm -f {FAT_IMAGE}; modprobe -r vfat", keeps=True),
                targets=("fat",),
                note="fat_write_failed() (module fat): hold truncate_lock"),

@@ -87,7 +87,8 @@ def disagreements(entries: List[BenchPatch], data: dict) -> List[str]:
         why = []
         if klp["decision"] != pyk["decision"]:
             why.append(f"klp-build: {klp['decision']}, pykpatch: {pyk['decision']}")
-        elif klp["decision"] == MODULE and sorted(klp.get("functions", [])) != sorted(pyk.get("functions", [])):
+        elif klp["decision"] == MODULE and \
+                sorted(klp.get("functions", [])) != sorted(pyk.get("functions", [])):
             why.append("different functions: klp-build " + ", ".join(klp.get("functions", []))
                        + "; pykpatch " + ", ".join(pyk.get("functions", [])))
         loads = rec.get("load", {})
