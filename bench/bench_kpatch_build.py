@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchlib import cold_cache  # noqa: E402  (bench/ is this script's own folder)
 from pykpatch.provider.debian import default_release  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,15 +56,9 @@ def main() -> None:
     main_cache = Path(os.environ.get("PYKPATCH_CACHE", Path.home() / ".cache" / "pykpatch"))
     print(f"kpatch-build, {release}, {os.cpu_count()} cores")
     if not args.skip_cold:
-        cold_cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-        for shared in ("debs", "apt", "buildroot"):
-            if (main_cache / shared).exists():
-                (cold_cache / shared).symlink_to(main_cache / shared)
-        try:
-            print(f"  cold (unpack + prepare + build): {timed_build(release, cold_cache, ONE):6.1f} s")
-            print(f"  warm, same cache:                {timed_build(release, cold_cache, ONE):6.1f} s")
-        finally:
-            shutil.rmtree(cold_cache)
+        with cold_cache(main_cache) as cache:
+            print(f"  cold (unpack + prepare + build): {timed_build(release, cache, ONE):6.1f} s")
+            print(f"  warm, same cache:                {timed_build(release, cache, ONE):6.1f} s")
     print(f"  warm one-file patch:             {timed_build(release, main_cache, ONE):6.1f} s")
     if release.startswith("6.1.0-"):  # (the five-file patch is written for 6.1's source)
         print(f"  warm five-file patch:            {timed_build(release, main_cache, FIVE):6.1f} s")

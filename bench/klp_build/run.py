@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from common import REPO, REPORT, bench_dir, machine, read_config, read_json
-from benchlib import ResultsFile  # noqa: E402  (common puts bench/ on the path)
+from benchlib import GuestSession, ResultsFile, cold_cache, kpatch_build_error  # noqa: E402
 from patches import MODULE, BenchPatch, select
 from report import TOOLS, duration, render
 
@@ -58,6 +58,7 @@ from pykpatch.elf.reader import read_elf
 from pykpatch.errors import KpatchError
 from pykpatch.kernel import kbuild
 from pykpatch.log import setup_logging
+from pykpatch.manage.modinfo import read_module_info
 from pykpatch.process import run, run_pipeline
 from pykpatch.provider.buildroot import BuildRoot
 from pykpatch.provider.debian import BACKPORTS_7_RELEASE, DebianKernel, compiler_package, host_suite
@@ -574,17 +575,9 @@ def pykpatch_phase(bench: Bench, results: Results, entries: List[BenchPatch], re
 
 
 def pykpatch_cold(bench: Bench, entry: BenchPatch) -> dict:
-    """A build in a fresh cache that links only the downloads, the apt state and the
-    build roots (as bench/bench_kpatch_build.py): the tree is unpacked and prepared."""
-    main = cache_dir()
-    fresh = Path(tempfile.mkdtemp(prefix="klp-bench-cache-"))
-    try:
-        for shared in ("debs", "apt", "buildroot"):
-            if (main / shared).exists():
-                (fresh / shared).symlink_to(main / shared)
+    """A build in a fresh cache (benchlib.cold_cache): the tree is unpacked and prepared."""
+    with cold_cache(cache_dir()) as fresh:
         return pykpatch_build(bench, entry, fresh, "cold")
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def pykpatch_build(bench: Bench, entry: BenchPatch, cache: Path, mode: str) -> dict:
@@ -621,8 +614,8 @@ def pykpatch_decision(rc: int, output: str, timed_out: bool) -> "tuple[str, str]
         return "tool error", tail(output, 1)
     if rc == 0:
         return MODULE, ""
-    m = re.search(r"kpatch-build: error: (.*?)(?:\nkpatch-build: full log:|\Z)", output, re.S)
-    message = (m.group(1) if m else tail(output, 3)).strip()
+    message = (kpatch_build_error(output) if "kpatch-build: error: " in output
+               else tail(output, 3).strip())
     if message.startswith("no change"):
         return "no change", message
     if "does not apply" in message:
@@ -654,10 +647,10 @@ def load_phase(bench: Bench, results: Results, entries: List[BenchPatch], redo: 
     if not todo:
         return
     started = time.monotonic()
-    session = GuestSession(bench)
+    session = GuestSession(bench.kernel, bench.dir / "guest")
     try:
         for i, (entry, tool, ko) in enumerate(todo, 1):
-            result = session.exercise(entry, ko)
+            result = exercise_module(session, entry, ko)
             results.get(entry.name).setdefault("load", {})[tool] = result
             results.save()
             log.info("load [%d/%d] %s (%s): %s%s", i, len(todo), entry.name, TOOLS[tool],
@@ -671,44 +664,21 @@ def sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-class GuestSession:
-    """One guest of the kernel, booted once and rebooted only after trouble."""
-
-    def __init__(self, bench: Bench) -> None:
-        self.bench = bench
-        self.guest = None
-
-    def ensure(self):
-        from pykpatch.testbed.vm import Guest
-        if self.guest is None:
-            workdir = self.bench.dir / "guest"
-            workdir.mkdir(exist_ok=True)
-            self.guest = Guest(self.bench.kernel, workdir=workdir)
-            self.guest.start()
-        return self.guest
-
-    def close(self) -> None:
-        if self.guest is not None:
-            try:
-                self.guest.close()
-            except Exception as err:  # noqa: BLE001 - a dying guest fails in many ways
-                log.warning("closing the guest: %s", err)
-            self.guest = None
-
-    def exercise(self, entry: BenchPatch, ko: Path) -> dict:
-        from pykpatch.testbed.vm import GuestError
-        started = time.monotonic()
-        exercise = Exercise(self.ensure(), entry, ko)
-        try:
-            result = exercise.run()
-        except GuestError as err:
-            result = exercise.result([f"guest: {str(err).splitlines()[0][:300]}"])
-            exercise.dirty = True
-        if exercise.dirty:
-            self.close()
-        result.update(seconds=round(time.monotonic() - started, 1), module_sha1=sha1(ko),
-                      at=time.strftime("%Y-%m-%d %H:%M:%S"))
-        return result
+def exercise_module(session: GuestSession, entry: BenchPatch, ko: Path) -> dict:
+    """One module through Exercise in the session's guest; the guest is closed after trouble."""
+    from pykpatch.testbed.vm import GuestError
+    started = time.monotonic()
+    exercise = Exercise(session.ensure(), entry, ko)
+    try:
+        result = exercise.run()
+    except GuestError as err:
+        result = exercise.result([f"guest: {str(err).splitlines()[0][:300]}"])
+        exercise.dirty = True
+    if exercise.dirty:
+        session.close()
+    result.update(seconds=round(time.monotonic() - started, 1), module_sha1=sha1(ko),
+                  at=time.strftime("%Y-%m-%d %H:%M:%S"))
+    return result
 
 
 class Exercise:
@@ -718,7 +688,7 @@ class Exercise:
         self.guest = guest
         self.entry = entry
         self.ko = ko
-        self.name = module_name(ko)
+        self.name = read_module_info(ko).name
         self.sysfs = f"/sys/kernel/livepatch/{self.name}"
         self.steps: List[str] = []
         self.outputs: Dict[str, str] = {}
@@ -827,12 +797,6 @@ class Exercise:
     def taint(self) -> int:
         ok, out = self.sh("cat /proc/sys/kernel/tainted")
         return int(out) if ok and out.isdigit() else 0
-
-
-def module_name(ko: Path) -> str:
-    """The module's name as the kernel has it (modinfo's name=, '-' made '_')."""
-    proc = subprocess.run(["modinfo", "-F", "name", str(ko)], capture_output=True, text=True)
-    return (proc.stdout.strip() or ko.stem).replace("-", "_")
 
 
 # -- driver ----------------------------------------------------------------------------------------

@@ -40,10 +40,11 @@ from typing import List
 
 import report as report_mod
 from common import RELEASE, REPO, REPORT, corpus_dir, manifest_path, read_json, results_path
-from benchlib import ResultsFile  # noqa: E402  (common puts bench/ on the path)
+from benchlib import GuestSession, ResultsFile, kpatch_build_error  # noqa: E402  (on the path by common)
 
 from pykpatch.errors import KpatchError
 from pykpatch.log import setup_logging
+from pykpatch.manage.modinfo import read_module_info
 
 log = logging.getLogger("pykpatch")
 
@@ -97,7 +98,7 @@ def classify_build(rc: int, stderr: str, timed_out: bool) -> "tuple[str, str]":
         return "tool-error", "traceback: " + _traceback_summary(stderr)
     if rc == 0:
         return "built", ""
-    message = _error_message(stderr)
+    message = kpatch_build_error(stderr)
     if rc < 0:
         return "tool-error", f"killed by signal {-rc}: {message}"
     if message.startswith("no change"):
@@ -114,12 +115,6 @@ def _traceback_summary(stderr: str) -> str:
     lines = [l for l in stderr.strip().splitlines() if l.strip()]
     where = [l.strip() for l in lines if l.strip().startswith("File ")]
     return f"{lines[-1].strip()} (at {where[-1] if where else '?'})"
-
-
-def _error_message(stderr: str) -> str:
-    """The text after 'kpatch-build: error: ', up to the 'full log' line."""
-    m = re.search(r"kpatch-build: error: (.*?)(?:\nkpatch-build: full log:|\Z)", stderr, re.S)
-    return (m.group(1) if m else stderr).strip()
 
 
 def build_one(entry: dict, out_root: Path, source: Path = REPO) -> dict:
@@ -182,37 +177,6 @@ def build_phase(entries: List[dict], results: Results, redo: bool, deadline: flo
 
 
 # -- load phase ---------------------------------------------------------------------------------
-
-class LoadSession:
-    """One guest, booted once, reused for many modules; rebooted after trouble."""
-
-    def __init__(self) -> None:
-        from pykpatch.provider.debian import DebianKernel
-        self.kernel = DebianKernel(RELEASE)
-        self.guest = None
-        self.boots = 0
-
-    def ensure(self):
-        from pykpatch.testbed.vm import Guest
-        if self.guest is None:
-            workdir = corpus_dir() / "guest"
-            workdir.mkdir(exist_ok=True)
-            self.guest = Guest(self.kernel, workdir=workdir)
-            self.guest.start()
-            self.boots += 1
-        return self.guest
-
-    def discard(self) -> None:
-        if self.guest is not None:
-            try:
-                self.guest.close()
-            except Exception as err:  # noqa: BLE001 - a dying guest may fail in many ways
-                log.warning("closing the guest: %s", err)
-            self.guest = None
-
-    def close(self) -> None:
-        self.discard()
-
 
 class Exercise:
     """Load, transition, disable and unload one livepatch module in the guest."""
@@ -353,8 +317,7 @@ class Exercise:
 
 
 def module_depends(ko: Path) -> List[str]:
-    proc = subprocess.run(["modinfo", "-F", "depends", str(ko)], capture_output=True, text=True)
-    return [d for d in proc.stdout.strip().split(",") if d]
+    return [d for d in (read_module_info(ko).get("depends") or "").split(",") if d]
 
 
 def _strip_time(line: str) -> str:
@@ -375,7 +338,8 @@ def load_phase(entries: List[dict], results: Results, redo: bool, deadline: floa
     if not todo:
         return
     started, done = time.monotonic(), 0
-    session = LoadSession()
+    from pykpatch.provider.debian import DebianKernel
+    session = GuestSession(DebianKernel(RELEASE), corpus_dir() / "guest")
     try:
         for i, entry in enumerate(todo, 1):
             if time.monotonic() > deadline:
@@ -396,7 +360,7 @@ def load_phase(entries: List[dict], results: Results, redo: bool, deadline: floa
         results.save()
 
 
-def load_one(session: LoadSession, entry: dict, build: dict) -> dict:
+def load_one(session: GuestSession, entry: dict, build: dict) -> dict:
     from pykpatch.testbed.vm import GuestError
     started = time.monotonic()
     ko = Path(build["module"])
@@ -405,12 +369,12 @@ def load_one(session: LoadSession, entry: dict, build: dict) -> dict:
         exercise = Exercise(guest, ko, build["module_name"], entry["targets"])
         result = exercise.run()
         if exercise.dirty:
-            session.discard()
+            session.close()
     except (GuestError, KpatchError) as err:
         tail = session.guest.console_tail(30) if session.guest is not None else ""
         result = {"outcome": "load-error", "errors": [f"guest: {err}".splitlines()[0][:500]],
                   "notes": [], "steps": [], "dmesg": bounded(tail, 3000)}
-        session.discard()
+        session.close()
     result["seconds"] = round(time.monotonic() - started, 1)
     result["at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return result
