@@ -26,14 +26,13 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchlib import BAD_DMESG  # noqa: E402  (bench/ is this script's own folder)
 from pykpatch.cache import cache_dir  # noqa: E402
 from pykpatch.kernel.livepatch import SYSFS_LIVEPATCH  # noqa: E402
 from pykpatch.provider.debian import DebianKernel  # noqa: E402
 from pykpatch.testbed.vm import Guest  # noqa: E402
 
 DOC = REPO / "docs" / "debian-update-bench.md"
-BAD_DMESG = ("Call Trace", "BUG:", "WARNING:", "Oops", "general protection", "livepatch: failed",
-             "Unknown symbol", "disagrees about version")
 
 
 def run_build(release: str, version: str, out: Path) -> "tuple[float, subprocess.CompletedProcess]":

@@ -13,6 +13,12 @@ from typing import Any, Dict, Iterator
 
 log = logging.getLogger("pykpatch")
 
+# Guest dmesg lines that mean trouble after a module loads (the VM tests' list,
+# tests/vm/kpatch_build_support.BAD_DMESG, and what a bench also wants to see).
+BAD_DMESG = ("Call Trace", "BUG:", "WARNING:", "Oops", "general protection", "livepatch: failed",
+             "kernel BUG", "RIP:", "Unable to handle", "unknown symbol", "Unknown symbol",
+             "disagrees about version", "invalid module format")
+
 # What a cold build may share with the main cache: downloads, the apt state and the
 # debootstrapped build roots -- never an unpacked or prepared tree.
 COLD_CACHE_SHARES = ("debs", "apt", "buildroot")

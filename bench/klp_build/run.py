@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from common import REPO, REPORT, bench_dir, machine, read_config, read_json
-from benchlib import GuestSession, ResultsFile, cold_cache, kpatch_build_error  # noqa: E402
+from benchlib import BAD_DMESG, GuestSession, ResultsFile, cold_cache, kpatch_build_error  # noqa: E402
 from patches import MODULE, BenchPatch, select
 from report import TOOLS, duration, render
 
@@ -86,8 +86,6 @@ PYKPATCH_TIMEOUT = 1800      # seconds per kpatch-build
 TRANSITION_TIMEOUT = 30      # seconds for a patch transition in the guest
 OUTPUT_TAIL = 60             # lines of output kept per run
 DMESG_BEFORE, DMESG_AFTER = 4, 16   # guest dmesg kept around the first bad line
-BAD_DMESG = ("Call Trace", "BUG:", "WARNING:", "Oops", "general protection", "livepatch: failed",
-             "kernel BUG", "Unknown symbol", "disagrees about version", "invalid module format")
 # Taint a locally built livepatch module brings by itself: O (12), E (13), K (15).
 EXPECTED_TAINT = (1 << 12) | (1 << 13) | (1 << 15)
 

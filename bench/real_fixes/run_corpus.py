@@ -40,7 +40,7 @@ from typing import List
 
 import report as report_mod
 from common import RELEASE, REPO, REPORT, corpus_dir, manifest_path, read_json, results_path
-from benchlib import GuestSession, ResultsFile, kpatch_build_error  # noqa: E402  (on the path by common)
+from benchlib import BAD_DMESG, GuestSession, ResultsFile, kpatch_build_error  # noqa: E402
 
 from pykpatch.errors import KpatchError
 from pykpatch.log import setup_logging
@@ -52,10 +52,6 @@ BUILD_TIMEOUT = 600      # seconds per kpatch-build (a cold first build prepares
 TRANSITION_TIMEOUT = 30  # seconds for a patch transition to finish
 OUTPUT_LIMIT = 4000      # characters of output kept per step
 
-# dmesg lines that mean trouble (as tests/vm/kpatch_build_support.BAD_DMESG, plus a few).
-BAD_DMESG = ("Call Trace", "BUG:", "WARNING:", "Oops", "general protection",
-             "livepatch: failed", "kernel BUG", "RIP:", "Unable to handle",
-             "unknown symbol", "Unknown symbol", "disagrees about version")
 # Taint bits that loading modules brings by itself: P(0) is not expected;
 # O out-of-tree (12), E unsigned (13), K livepatch (15), C staging (10).
 EXPECTED_TAINT = (1 << 10) | (1 << 12) | (1 << 13) | (1 << 15)
