@@ -57,20 +57,29 @@ class Result:
         return self.rc == 0
 
 
-def default_cpus(kernel: DebianKernel) -> int:
-    """Two vCPUs, so that transitions meet tasks on another CPU -- but one for 7.x.
+# From this version every livepatch transition rewrites scheduler code that the
+# other CPU runs all the time (upstream e3ff7c609f39, Linux 6.4).
+SCHED_REWRITING_TRANSITIONS = (6, 4)
 
-    From 7.x the kernel switches tasks in ``__schedule()`` itself, behind the
-    static key ``klp_sched_try_switch_key``, which every transition enables
-    and then disables.  Under TCG with two vCPUs the other CPU, which runs
-    ``__schedule()`` all the time, executes the int3 of that text poke after
-    the kernel has put the NOP back, and the kernel dies of "Oops: int3"
-    at the end of the first transition -- also with a minimal livepatch module
-    built on the kernel's API alone (docs/testbed.md, "7.x under TCG").
-    Other static keys (sched_schedstats) toggle without trouble, and KVM
-    does not work here to compare.
+
+def default_cpus(kernel: DebianKernel) -> int:
+    """Two vCPUs, so that transitions meet tasks on another CPU -- but one where a
+    transition rewrites scheduler code (6.4+).
+
+    6.12 (CONFIG_PREEMPT_DYNAMIC) switches the ``cond_resched()`` static call
+    to a livepatch version and back at every transition; from 7.x the kernel
+    also toggles the static key ``klp_sched_try_switch_key`` in ``__schedule()``.
+    Under TCG with two vCPUs the other CPU, which runs that code all the time,
+    can execute the int3 of the text poke after the kernel has put the new
+    instruction back, and the kernel dies of "Oops: int3": on 7.x at the first
+    transition (also with a minimal livepatch module built on the kernel's API
+    alone), on 6.12 at the call to ``__SCT__cond_resched`` in
+    ``rcu_gp_fqs_loop()``, once in a full VM suite (docs/testbed.md, "Scheduler
+    code rewritten under TCG").  6.1 has neither hook.  KVM does not work here
+    to compare.
     """
-    return 1 if int(kernel.release.series.split(".")[0]) >= 7 else 2
+    major, minor = (int(n) for n in kernel.release.series.split(".")[:2])
+    return 1 if (major, minor) >= SCHED_REWRITING_TRANSITIONS else 2
 
 
 class Guest:
